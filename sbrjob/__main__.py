@@ -1,0 +1,3 @@
+from sbrjob.cli import run
+
+run()

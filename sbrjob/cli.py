@@ -1,0 +1,209 @@
+"""The `sbrjob` command line: one sub-command per stage of the job.
+
+Heavy modules (TensorFlow, pandas) are imported inside the commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from sbrjob import __version__
+from sbrjob.errors import SbrjobError
+
+app = typer.Typer(
+    name="sbrjob",
+    help="Train and evaluate session-based next-item recommenders (GRU4Rec) with TensorFlow.\n\n"
+    "A job is one YAML config (see `configs/`; a bare name such as `movielens` finds the packaged "
+    "one). The stages run in order and each reuses the previous one's output when it is still "
+    "valid: prepare -> export -> train -> evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Job config: a path, gs:// URL or packaged name (tiny, movielens, yoochoose).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key, e.g. --set train.lr=0.05 (repeatable).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sbrjob {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """sbrjob: GRU4Rec as a batch job, the same on a laptop CPU, GPUs or a TPU."""
+
+
+def _load(config: str, overrides: Optional[list[str]]):
+    from sbrjob.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+@app.command()
+def prepare(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    on_bad_lines: Annotated[Optional[str], typer.Option(help="error (default) stops at the first malformed line; skip counts and skips them.")] = None,
+) -> None:
+    """Read raw logs, build sessions, filter, split by time; write Parquet splits, item vocabulary, stats.json and data_report.png to OUTPUT_DIR/data."""
+    from sbrjob.prepare import prepare as run
+
+    overrides = list(set_ or [])
+    if on_bad_lines:
+        overrides.append(f"data.on_bad_lines={on_bad_lines}")
+    stats = run(_load(config, overrides))
+    typer.echo(json.dumps({k: stats[k] for k in ("train", "valid", "test") if k in stats}, indent=2))
+
+
+@app.command("export")
+def export_(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Rewrite the shards even when the manifest says they are current.")] = False,
+) -> None:
+    """Write session-parallel batches (input, target, reset, weight) of every split to TFRecord shards with a manifest."""
+    from sbrjob.export import export as run
+
+    _print_json(run(_load(config, set_), force=force))
+
+
+@app.command()
+def train(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    reexport: Annotated[bool, typer.Option(help="Re-run prepare and export even when their outputs are current.")] = False,
+) -> None:
+    """Train GRU4Rec under tf.distribute; resumes from the last checkpoint; writes checkpoints and metrics.json.
+
+    Runs prepare and export first when their outputs are missing or stale, so one command goes from raw data to a model.
+    """
+    from sbrjob.train import train as run
+
+    metrics = run(_load(config, set_), reexport=reexport)
+    _print_json({"best_epoch": metrics.get("best_epoch"), "test": metrics.get("test")})
+
+
+@app.command()
+def evaluate(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
+    split: Annotated[str, typer.Option(help="test or valid.")] = "test",
+) -> None:
+    """Full-ranking evaluation (official GRU4Rec protocol): Recall, MRR, NDCG, coverage and popularity at each cutoff."""
+    from sbrjob.evaluate import evaluate_run
+
+    _print_json(evaluate_run(_load(config, set_), checkpoint=checkpoint, split=split))
+
+
+@app.command()
+def baselines(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Most-popular, S-POP, item-kNN and session-kNN on the same splits and metrics; prints a comparison with the trained model."""
+    from sbrjob.baselines import run_baselines
+
+    run_baselines(_load(config, set_))
+
+
+@app.command()
+def recommend(
+    run: Annotated[str, typer.Option("--run", help="A run directory (the job's output_dir).")],
+    items: Annotated[str, typer.Option(help="The session so far: comma-separated original item ids (or MovieLens titles).")],
+    k: Annotated[int, typer.Option("-k", help="How many items to recommend.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Top-k next items for a session, with scores and titles when known."""
+    from sbrjob.recommend import recommend as run_recommend
+
+    run_recommend(run, items, k=k, as_json=as_json)
+
+
+@app.command("export-model")
+def export_model(
+    run: Annotated[str, typer.Option("--run", help="A run directory (the job's output_dir).")],
+    k: Annotated[int, typer.Option("-k", help="Top-k returned by the serving signature.")] = 20,
+    to: Annotated[Optional[str], typer.Option(help="Destination; default RUN/saved_model.")] = None,
+) -> None:
+    """Write a SavedModel whose serving signature maps item-id histories to top-k item ids and scores."""
+    from sbrjob.serving import export_saved_model
+
+    typer.echo(export_saved_model(run, k=k, dest=to))
+
+
+@app.command()
+def download(
+    dataset: Annotated[str, typer.Argument(help="movielens-1m, or yoochoose (prints manual instructions).")],
+    to: Annotated[str, typer.Option(help="Directory to extract into.")] = "data",
+    url: Annotated[Optional[str], typer.Option(help="Override the archive URL (mirrors, tests).")] = None,
+) -> None:
+    """Fetch a public dataset, verify its checksum and extract it safely; does nothing if already there."""
+    from sbrjob.download import download as run_download
+
+    typer.echo(run_download(dataset, to, url=url))
+
+
+@app.command()
+def submit(
+    config: ConfigOpt,
+    image: Annotated[str, typer.Option(help="Container image URI with sbrjob installed.")],
+    set_: SetOpt = None,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu, tpu.")] = "gpu",
+    replicas: Annotated[int, typer.Option(help="GPUs per worker (or TPU cores).")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker machines (TF_CONFIG is set by the platform).")] = 1,
+    region: Annotated[str, typer.Option(help="Cloud region.")] = "us-central1",
+    project: Annotated[Optional[str], typer.Option(help="Cloud project id.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job spec and submit nothing.")] = False,
+) -> None:
+    """Submit `sbrjob train` as a Vertex AI custom job (1 GPU, several GPUs, several workers, or TPU)."""
+    from sbrjob.cloud import submit as run_submit
+
+    run_submit(config, image=image, overrides=set_ or [], accelerator=accelerator, replicas=replicas,
+               workers=workers, region=region, project=project, dry_run=dry_run)
+
+
+@app.command()
+def tune(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    trials: Annotated[int, typer.Option(help="Number of trials (counting those already done).")] = 20,
+    space: Annotated[Optional[str], typer.Option(help="YAML search space; default: per-loss GRU4Rec ranges.")] = None,
+) -> None:
+    """Hyperparameter search with Optuna on validation metrics; resumable; writes a leaderboard and best.yaml."""
+    from sbrjob.tune import tune as run_tune
+
+    run_tune(_load(config, set_), trials=trials, space=space)
+
+
+@app.command("config")
+def show_config(config: ConfigOpt, set_: SetOpt = None) -> None:
+    """Print the resolved config (after validation and --set overrides)."""
+    from sbrjob.config import dump_config
+
+    typer.echo(dump_config(_load(config, set_)), nl=False)
+
+
+def run() -> None:
+    try:
+        app()
+    except SbrjobError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

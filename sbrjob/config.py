@@ -1,0 +1,372 @@
+"""One typed YAML file describes a whole job.
+
+Every section is a dataclass; loading checks each key and value against the type hints and the
+range checks in `validate()`, so a typo or a bad value fails early with the key and file named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from sbrjob.errors import SbrjobError
+
+
+@dataclass
+class DataConfig:
+    # movielens: ratings.dat[.gz] (`::`) or ratings.csv; yoochoose: clicks.dat;
+    # gru4rec: SessionId\tItemId\tTime TSV; table: CSV/TSV/Parquet with `columns`; sample: embedded synthetic.
+    format: Literal["movielens", "yoochoose", "gru4rec", "table", "sample"] = "sample"
+    path: Optional[str] = None  # main input file (local path or gs://)
+    items_path: Optional[str] = None  # movies.dat: titles and genres for display
+    valid_path: Optional[str] = None  # gru4rec/table: an already-split validation file
+    test_path: Optional[str] = None  # gru4rec/table: an already-split test file
+    # table format: which input column holds what (session or user, item, time; rating optional)
+    columns: dict[str, str] = field(default_factory=dict)
+    separator: Optional[str] = None  # table format; None = by file extension
+    time_unit: Literal["s", "ms", "iso"] = "s"  # table format: how the time column is written
+    time_offset: float = 0.0  # seconds added to every timestamp (GRU4Rec TSV of YOOCHOOSE is CEST: 7200)
+    on_bad_lines: Literal["error", "skip"] = "error"
+
+
+@dataclass
+class SessionsConfig:
+    # User-keyed data (MovieLens): a new session starts after `gap` seconds without events;
+    # null keeps each user's whole history as one session (the tutorial's choice).
+    gap: Optional[float] = None
+    min_rating: Optional[float] = None
+    drop_repeats: bool = False  # remove consecutive repeats of the same item within a session
+
+
+@dataclass
+class FilterConfig:
+    last_days: Optional[float] = None  # keep only the final N days of the log
+    min_session_length: int = 2
+    min_item_support: int = 5
+
+
+@dataclass
+class SplitConfig:
+    # days: test = sessions ending in the last `test_days`, valid = the `valid_days` before;
+    # fraction: sessions sorted by end time, last `test_fraction` test, previous `valid_fraction` valid;
+    # given: train/valid/test files are passed through as they are (data.valid_path/test_path).
+    scheme: Literal["days", "fraction", "given"] = "fraction"
+    test_days: float = 1.0
+    valid_days: float = 1.0
+    test_fraction: float = 0.1
+    valid_fraction: float = 0.1
+
+
+@dataclass
+class ExportConfig:
+    batch_size: int = 64  # B: lanes of the global session-parallel batch
+    block_steps: int = 32  # T: consecutive steps per TFRecord record
+    shards: int = 2  # train lanes are split into this many shards (a multiple of the replica count)
+    eval_batch_size: int = 256  # lanes for valid/test exports
+    eval_shards: int = 1
+    shuffle_sessions: bool = False  # False = oldest session first (GRU4Rec default)
+
+
+@dataclass
+class ModelConfig:
+    # shared: input embedding = output item matrix (default, most accurate); embedding: separate
+    # input embedding of `embedding_dim`; onehot: row lookup into the first GRU layer's input weights.
+    input: Literal["shared", "embedding", "onehot"] = "shared"
+    embedding_dim: int = 0
+    layers: list[int] = field(default_factory=lambda: [100])
+    dropout_embedding: float = 0.0  # probability of dropping
+    dropout_hidden: float = 0.0
+    final_activation: Literal["linear", "elu"] = "linear"
+    elu_param: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    loss: Literal["xe", "bpr-max", "top1-max", "softmax"] = "xe"  # softmax = full softmax over all items
+    n_sample: int = 2048  # extra negatives per step drawn ∝ support**sample_alpha
+    sample_alpha: float = 0.5
+    logq: float = 1.0  # weight of the logQ correction for cross-entropy
+    bpreg: float = 1.0  # score regularisation for BPR-max
+    optimizer: Literal["adagrad", "adam"] = "adagrad"  # adagrad = Adagrad with momentum, row-sparse
+    lr: float = 0.1
+    momentum: float = 0.0
+    epochs: int = 5
+    strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
+    jit_compile: bool = False
+    checkpoint_every_steps: int = 0  # 0 = only at the end of each epoch
+    keep_checkpoints: int = 3
+    deterministic: bool = True
+
+
+@dataclass
+class EvalConfig:
+    cutoffs: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    ties: Literal["standard", "conservative", "median"] = "conservative"
+    metric: str = "mrr@20"  # selects the best checkpoint (and what `tune` optimises)
+
+
+@dataclass
+class JobConfig:
+    name: str = "job"
+    output_dir: str = "runs/job"  # local path or gs://; data/, shards/, checkpoints/, metrics.json go here
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # -- derived locations (one place that says where each stage writes) --
+    @property
+    def data_dir(self) -> str:
+        return join(self.output_dir, "data")
+
+    @property
+    def shards_dir(self) -> str:
+        return join(self.output_dir, "shards")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return join(self.output_dir, "checkpoints")
+
+    @property
+    def metrics_path(self) -> str:
+        return join(self.output_dir, "metrics.json")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_fingerprint(self, *sections: str) -> str:
+        """Stable hash of some sections: tells whether an earlier stage's output is still valid."""
+        blob = json.dumps({s: self.to_dict()[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts for local paths and gs:// URLs alike."""
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+# ---------------------------------------------------------------- validation of values
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{key}: {msg}")
+
+
+def validate(cfg: JobConfig) -> None:
+    """Range and consistency checks that types alone cannot express. Raises ValueError('key: why')."""
+    d, f, s, e, m, t, ev = cfg.data, cfg.filter, cfg.split, cfg.export, cfg.model, cfg.train, cfg.eval
+    _check(d.format == "sample" or bool(d.path), "data.path", f"required for format {d.format!r}")
+    _check(d.format != "table" or {"item", "time"} <= set(d.columns), "data.columns",
+           "table format needs at least 'item' and 'time' plus 'session' or 'user'")
+    _check(set(d.columns) <= {"session", "user", "item", "time", "rating"}, "data.columns",
+           f"unknown role(s) {sorted(set(d.columns) - {'session', 'user', 'item', 'time', 'rating'})}; "
+           "use session, user, item, time, rating")
+    _check(cfg.sessions.gap is None or cfg.sessions.gap > 0, "sessions.gap", "must be > 0 seconds or null")
+    _check(f.last_days is None or f.last_days > 0, "filter.last_days", "must be > 0 or null")
+    _check(f.min_session_length >= 2, "filter.min_session_length", "must be >= 2 (a session needs a next item)")
+    _check(f.min_item_support >= 1, "filter.min_item_support", "must be >= 1")
+    _check(s.test_days > 0 and s.valid_days >= 0, "split.test_days", "test_days must be > 0, valid_days >= 0")
+    _check(0 < s.test_fraction < 1, "split.test_fraction", "must be between 0 and 1")
+    _check(0 <= s.valid_fraction < 1 and s.test_fraction + s.valid_fraction < 1, "split.valid_fraction",
+           "must be >= 0 and test_fraction + valid_fraction < 1")
+    _check(s.scheme != "given" or d.format in ("gru4rec", "table"), "split.scheme",
+           "'given' needs data.format gru4rec or table with data.test_path")
+    _check(s.scheme != "given" or bool(d.test_path), "data.test_path", "required by split.scheme 'given'")
+    for key in ("batch_size", "block_steps", "shards", "eval_batch_size", "eval_shards"):
+        _check(getattr(e, key) >= 1, f"export.{key}", "must be >= 1")
+    _check(e.batch_size % e.shards == 0, "export.shards",
+           f"must divide export.batch_size ({e.batch_size}) so every shard holds whole lanes")
+    _check(e.eval_batch_size % e.eval_shards == 0, "export.eval_shards", "must divide export.eval_batch_size")
+    _check(len(m.layers) >= 1 and all(h >= 1 for h in m.layers), "model.layers", "a non-empty list of sizes >= 1")
+    _check(m.input != "embedding" or m.embedding_dim >= 1, "model.embedding_dim",
+           "must be >= 1 when model.input is 'embedding'")
+    for key in ("dropout_embedding", "dropout_hidden"):
+        _check(0 <= getattr(m, key) < 1, f"model.{key}", "a drop probability in [0, 1)")
+    _check(m.elu_param > 0, "model.elu_param", "must be > 0")
+    _check(t.n_sample >= 0, "train.n_sample", "must be >= 0")
+    _check(0 <= t.sample_alpha <= 1, "train.sample_alpha", "must be in [0, 1]")
+    _check(t.lr > 0, "train.lr", "must be > 0")
+    _check(0 <= t.momentum < 1, "train.momentum", "must be in [0, 1)")
+    _check(t.epochs >= 1, "train.epochs", "must be >= 1")
+    _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0")
+    _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    _check(t.logq >= 0 and t.bpreg >= 0, "train.logq", "logq and bpreg must be >= 0")
+    _check(bool(ev.cutoffs) and all(k >= 1 for k in ev.cutoffs), "eval.cutoffs", "a non-empty list of ints >= 1")
+    name, _, k = ev.metric.partition("@")
+    _check(name in ("recall", "mrr", "ndcg") and k.isdigit() and int(k) in ev.cutoffs, "eval.metric",
+           f"use recall@K, mrr@K or ndcg@K with K in eval.cutoffs {ev.cutoffs}")
+
+
+# ---------------------------------------------------------------- building from mappings
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"{key}: {value!r} is not one of {list(args)}{more}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    raise TypeError(f"unsupported config type {tp} at {key}")
+
+
+def _build(cls: type, raw: Any, prefix: str = "") -> Any:
+    where = prefix or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping of keys, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in raw.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            hint = difflib.get_close_matches(str(k), names, n=1)
+            more = f" (did you mean {(prefix + '.' if prefix else '') + hint[0]!r}?)" if hint else ""
+            raise ValueError(f"{key}: unknown key{more}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _apply_override(raw: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise SbrjobError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
+    key, _, text = assignment.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise SbrjobError(f"--set {key}: {p!r} is not a section")
+        node = nxt
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def packaged_configs() -> list[str]:
+    return sorted(p.name for p in resources.files("sbrjob.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_config_text(name: str) -> tuple[str, str]:
+    """Return (text, where) for a path, gs:// URL, or the bare name of a packaged config."""
+    from sbrjob import storage
+
+    if storage.is_remote(name) or Path(name).exists():
+        try:
+            return storage.read_text(name), name
+        except OSError as err:
+            raise SbrjobError(f"{name}: cannot read config ({err})") from err
+    bare = name if name.endswith(".yaml") else f"{name}.yaml"
+    if "/" not in name:
+        packaged = resources.files("sbrjob.configs") / bare
+        if packaged.is_file():
+            return packaged.read_text(), f"packaged config {bare}"
+    raise SbrjobError(f"{name}: config file not found; give a path or one of the packaged configs "
+                      f"{', '.join(packaged_configs())}")
+
+
+def parse_config(raw: dict, where: str = "<config>") -> JobConfig:
+    """Build and validate a JobConfig from a plain mapping; errors name the key and `where`."""
+    try:
+        cfg = _build(JobConfig, raw)
+        validate(cfg)
+    except ValueError as err:
+        raise SbrjobError(f"{where}: {err}") from None
+    return cfg
+
+
+def load_config(name: str, overrides: list[str] | None = None) -> JobConfig:
+    text, where = _read_config_text(name)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise SbrjobError(f"{where}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise SbrjobError(f"{where}: expected a mapping of sections at the top level")
+    for assignment in overrides or []:
+        _apply_override(raw, assignment)
+    if overrides:
+        where = f"{where} with --set {' '.join(overrides)}"
+    return parse_config(raw, where)
+
+
+def config_from_dict(raw: dict, overrides: list[str] | None = None) -> JobConfig:
+    raw = _deep_merge({}, raw)
+    for assignment in overrides or []:
+        _apply_override(raw, assignment)
+    return parse_config(raw)
+
+
+def dump_config(cfg: JobConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def save_config(cfg: JobConfig, directory: str) -> None:
+    """Write the resolved config as `config.yaml` next to a stage's outputs."""
+    from sbrjob import storage
+
+    storage.write_text(join(directory, "config.yaml"), dump_config(cfg))
