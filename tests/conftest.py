@@ -17,3 +17,18 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not available: {p} (see ../shared/data/README.md)")
     return p
+
+
+def _two_logical_cpus() -> None:
+    """Split the CPU into 2 logical devices so MirroredStrategy tests run 2 real replicas.
+
+    Must happen before TensorFlow initialises its devices, hence here at collection time.
+    Single-device code keeps using /CPU:0 as before.
+    """
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+_two_logical_cpus()
