@@ -1,0 +1,164 @@
+"""Full-ranking next-item metrics in pure TensorFlow, accumulated over a stream of predictions.
+
+Every prediction scores ALL items; the rank of the true next item decides Recall@K (hit rate),
+MRR@K and NDCG@K. Ties between the target's score and other items' scores are resolved by a
+declared mode (the official GRU4Rec evaluation):
+
+- standard:     rank = #(score > target) + 1            (ties counted in the target's favour)
+- conservative: rank = #(score >= target)               (ties against it; the default)
+- median:       rank = #(score > target) + (#ties + 1)/2 (the mean of the two)
+
+A NaN target score gets the worst rank (n_items): a broken model must not look good.
+
+`RankingMetrics.update` is pure TF (usable inside `tf.function` loops, on any device) and returns
+small per-batch totals; `merge` adds them on the host in float64 so millions of events sum exactly.
+Besides accuracy it tracks item coverage@K (share of the catalogue that appears in any top-K list)
+and popularity@K (mean of support / max support over the recommended items).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+TIE_MODES = ("standard", "conservative", "median")
+
+
+def target_ranks(scores: tf.Tensor, targets: tf.Tensor, ties: str = "conservative") -> tf.Tensor:
+    """1-based rank of each row's target among all items' scores: float32 [b] (median may be x.5)."""
+    if ties not in TIE_MODES:
+        raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
+    scores = tf.cast(scores, tf.float32)
+    target_score = tf.gather(scores, tf.cast(targets, tf.int32)[:, None], batch_dims=1)  # [b, 1]
+    higher = tf.reduce_sum(tf.cast(scores > target_score, tf.float32), axis=1)
+    if ties == "standard":
+        ranks = higher + 1.0
+    else:
+        equal = tf.reduce_sum(tf.cast(scores == target_score, tf.float32), axis=1)  # includes the target
+        ranks = higher + equal if ties == "conservative" else higher + (equal + 1.0) / 2.0
+    n_items = tf.cast(tf.shape(scores)[1], tf.float32)
+    return tf.where(tf.math.is_nan(target_score[:, 0]), n_items, ranks)
+
+
+def rank_metrics(ranks: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
+    """Per-prediction hit, reciprocal rank and NDCG at cutoff k (one relevant item): each [b]."""
+    hit = tf.cast(ranks <= k, tf.float32)
+    return {
+        "recall": hit,
+        "mrr": hit / ranks,
+        "ndcg": hit / (tf.math.log(ranks + 1.0) / math.log(2.0)),
+    }
+
+
+class RankingMetrics:
+    """Streaming full-ranking metrics at several cutoffs, micro-averaged over weighted events.
+
+    Usage: `acc = m.update(m.initial(), scores, targets, weights)` (any number of times, in or out
+    of a tf.function), then `m.merge(acc)` on the host, and finally `m.result()`.
+    """
+
+    ACCURACY = ("recall", "mrr", "ndcg")
+
+    def __init__(self, n_items: int, cutoffs: Sequence[int] = (1, 5, 10, 20), ties: str = "conservative",
+                 item_support: Optional[np.ndarray] = None):
+        if ties not in TIE_MODES:
+            raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
+        self.n_items = int(n_items)
+        self.cutoffs = sorted(set(int(k) for k in cutoffs))
+        self.top = min(max(self.cutoffs), self.n_items)
+        self.ties = ties
+        self.popularity = None
+        if item_support is not None:
+            support = np.asarray(item_support, dtype=np.float64)
+            if support.shape != (self.n_items,):
+                raise ValueError(f"item_support has shape {support.shape}, expected ({self.n_items},)")
+            self.popularity = tf.constant(support / max(support.max(), 1.0), tf.float32)
+        self.reset()
+
+    # -- pure TF part -------------------------------------------------------------------------
+    def initial(self) -> dict[str, tf.Tensor]:
+        nk = len(self.cutoffs)
+        acc = {"events": tf.zeros([], tf.float32),
+               "covered": tf.zeros([nk, self.n_items], tf.float32)}
+        for name in self.ACCURACY + ("popularity",):
+            acc[name] = tf.zeros([nk], tf.float32)
+        return acc
+
+    def update(self, acc: Mapping[str, tf.Tensor], scores: tf.Tensor, targets: tf.Tensor,
+               weights: Optional[tf.Tensor] = None) -> dict[str, tf.Tensor]:
+        """Add a batch of predictions: scores [b, n_items], targets [b] int, weights [b] (0 = padding)."""
+        scores = tf.cast(scores, tf.float32)
+        w = tf.ones_like(scores[:, 0]) if weights is None else tf.cast(weights, tf.float32)
+        ranks = target_ranks(scores, targets, self.ties)
+        top = tf.math.top_k(scores, k=self.top, sorted=True).indices  # [b, top]
+        out = {"events": acc["events"] + tf.reduce_sum(w)}
+        sums = {name: [] for name in self.ACCURACY + ("popularity",)}
+        covered = []
+        for k in self.cutoffs:
+            per_event = rank_metrics(ranks, k)
+            for name in self.ACCURACY:
+                sums[name].append(tf.reduce_sum(per_event[name] * w))
+            shown = top[:, :min(k, self.top)]
+            counts = tf.math.unsorted_segment_sum(
+                tf.reshape(tf.broadcast_to(w[:, None], tf.shape(shown)), [-1]),
+                tf.reshape(shown, [-1]), self.n_items)
+            covered.append(counts)
+            if self.popularity is not None:
+                sums["popularity"].append(tf.reduce_sum(
+                    tf.reduce_mean(tf.gather(self.popularity, shown), axis=1) * w))
+            else:
+                sums["popularity"].append(tf.zeros([], tf.float32))
+        for name, values in sums.items():
+            out[name] = acc[name] + tf.stack(values)
+        out["covered"] = acc["covered"] + tf.stack(covered)
+        return out
+
+    # -- host side: exact streaming totals ----------------------------------------------------
+    def reset(self) -> None:
+        nk = len(self.cutoffs)
+        self._events = 0.0
+        self._sums = {name: np.zeros(nk, np.float64) for name in self.ACCURACY + ("popularity",)}
+        self._covered = np.zeros((nk, self.n_items), dtype=bool)
+
+    def merge(self, acc: Mapping[str, tf.Tensor]) -> None:
+        """Add the totals of one or more `update` calls (e.g. one block) to the running result."""
+        self._events += float(np.asarray(acc["events"]))
+        for name in self._sums:
+            self._sums[name] += np.asarray(acc[name], dtype=np.float64)
+        self._covered |= np.asarray(acc["covered"]) > 0
+
+    def add(self, scores, targets, weights=None) -> None:
+        """Eager convenience: update + merge for one batch (used by baselines)."""
+        self.merge(self._update_fn(tf.convert_to_tensor(scores, tf.float32),
+                                   tf.convert_to_tensor(targets, tf.int32),
+                                   tf.ones([np.shape(targets)[0]], tf.float32) if weights is None
+                                   else tf.convert_to_tensor(weights, tf.float32)))
+
+    @property
+    def _update_fn(self):
+        if not hasattr(self, "_compiled"):
+            self._compiled = tf.function(lambda s, t, w: self.update(self.initial(), s, t, w),
+                                         reduce_retracing=True)
+        return self._compiled
+
+    @property
+    def events(self) -> int:
+        return int(round(self._events))
+
+    def result(self) -> dict:
+        """{"events", "ties", "recall@K", "mrr@K", "ndcg@K", "coverage@K"[, "popularity@K"]}."""
+        n = max(self._events, 1.0)
+        out: dict = {"events": self.events, "ties": self.ties}
+        names = self.ACCURACY + (("popularity",) if self.popularity is not None else ())
+        for name in self.ACCURACY:
+            for i, k in enumerate(self.cutoffs):
+                out[f"{name}@{k}"] = float(self._sums[name][i] / n)
+        for i, k in enumerate(self.cutoffs):
+            out[f"coverage@{k}"] = float(self._covered[i].mean())
+        if "popularity" in names:
+            for i, k in enumerate(self.cutoffs):
+                out[f"popularity@{k}"] = float(self._sums["popularity"][i] / n)
+        return out
