@@ -1,0 +1,122 @@
+"""`sbrjob export`: lay out every split session-parallel and write it as TFRecord shards + manifest.
+
+Each split goes to `output_dir/shards/<split>/`: staged locally, published whole, `manifest.json`
+last, so a killed export leaves nothing a reader trusts. A split is rewritten only when its manifest
+does not match the prepared data's fingerprint and the export settings (or with `force`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sbrjob import batching, shards, storage
+from sbrjob.config import JobConfig, join, save_config
+from sbrjob.errors import SbrjobError
+
+SPLITS = ("train", "valid", "test")
+
+
+def export_fingerprint(cfg: JobConfig) -> str:
+    """What the shards depend on besides the data: the export section (and the seed when it shuffles)."""
+    return cfg.section_fingerprint("export", "seed") if cfg.export.shuffle_sessions else cfg.section_fingerprint("export")
+
+
+def split_layout(cfg: JobConfig, split: str) -> tuple[int, int]:
+    """(lanes, shards) of a split: train uses batch_size/shards, valid and test the eval settings."""
+    e = cfg.export
+    return (e.batch_size, e.shards) if split == "train" else (e.eval_batch_size, e.eval_shards)
+
+
+def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, split: str, lanes: int, n_shards: int,
+                block_steps: int, order: np.ndarray | None = None, extra: dict | None = None) -> dict:
+    """Lay out one split's events and write shards + manifest into the local directory `dest`.
+
+    Returns the manifest. `extra` adds keys (fingerprints, n_items) to it.
+    """
+    if lanes % n_shards:
+        raise SbrjobError(f"{split}: {n_shards} shards must divide {lanes} lanes")
+    lay = batching.layout(session, item, lanes, block_steps, order)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    per_shard = lanes // n_shards
+    blocks = lay.steps // block_steps
+    files = {}
+    for k in range(n_shards):
+        rows = slice(k * per_shard, (k + 1) * per_shard)
+        records = (shards.encode_block({name: getattr(lay, name)[rows, r * block_steps:(r + 1) * block_steps]
+                                        for name in shards.FEATURES}) for r in range(blocks))
+        name = shards.shard_name(k, n_shards)
+        files[name] = shards.write_shard(dest / name, records)
+    manifest = {
+        "version": shards.FORMAT_VERSION, "split": split,
+        "lanes": lanes, "block_steps": block_steps, "shards": n_shards, "lanes_per_shard": per_shard,
+        "blocks": blocks, "steps": lay.steps, "sessions": lay.sessions, "events": lay.events,
+        "pairs": lay.pairs, "padding": round(lay.padding, 6),
+        "lane_steps_min": int(lay.lane_steps.min()), "lane_steps_max": int(lay.lane_steps.max()),
+        **(extra or {}), "files": files,
+    }
+    (dest / shards.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _data_manifest(data_dir: str) -> dict:
+    path = join(data_dir, "manifest.json")
+    try:
+        return json.loads(storage.read_text(path))
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise SbrjobError(f"{path}: cannot read the prepared data's manifest ({err}); run `sbrjob prepare`") from None
+
+
+def is_current(split_dir: str, data_fingerprint: str, cfg: JobConfig) -> bool:
+    """True when the split's shards exist, in this format, for this data and these export settings."""
+    try:
+        m = shards.read_manifest(split_dir)
+    except SbrjobError:
+        return False
+    if (m.get("data_fingerprint"), m.get("export_fingerprint")) != (data_fingerprint, export_fingerprint(cfg)):
+        return False
+    return set(m["files"]) <= set(storage.list_files(split_dir))
+
+
+def export(cfg: JobConfig, force: bool = False) -> dict:
+    """Export every split whose shards are missing or stale (all with `force`); returns manifests per split."""
+    from sbrjob import prepare
+
+    data_dir = prepare.ensure_prepared(cfg)
+    data = _data_manifest(data_dir)
+    extra = {"data_fingerprint": data["fingerprint"], "export_fingerprint": export_fingerprint(cfg),
+             "n_items": data["n_items"]}
+    out = {}
+    for split in SPLITS:
+        split_dir = join(cfg.shards_dir, split)
+        if not force and is_current(split_dir, data["fingerprint"], cfg):
+            out[split] = shards.read_manifest(split_dir)
+            continue
+        frame = prepare.load_split(data_dir, split)
+        order = None
+        if cfg.export.shuffle_sessions:  # one permutation per split, derived from the seed
+            order = np.random.default_rng([cfg.seed, SPLITS.index(split)]).permutation(
+                int(frame["session"].max()) + 1 if len(frame) else 0)
+        lanes, n_shards = split_layout(cfg, split)
+        with storage.staging_dir(split_dir) as tmp:
+            out[split] = write_split(frame["session"].to_numpy(), frame["item"].to_numpy(), tmp, split=split,
+                                     lanes=lanes, n_shards=n_shards, block_steps=cfg.export.block_steps,
+                                     order=order, extra=extra)
+            save_config(cfg, str(tmp))
+            storage.publish_dir(tmp, split_dir, last=shards.MANIFEST)
+    return out
+
+
+def ensure_exported(cfg: JobConfig, force: bool = False) -> dict:
+    """Shards for every split, current with the config: prepares and exports what is missing or stale.
+
+    `force` re-runs both prepare and export (`sbrjob train --reexport`).
+    """
+    if force:
+        from sbrjob import prepare
+
+        prepare.ensure_prepared(cfg, force=True)
+    return export(cfg, force=force)

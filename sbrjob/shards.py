@@ -1,0 +1,218 @@
+"""The shard format, its manifest, and the tf.data reader that hands each replica its own lanes.
+
+A split directory holds `part-KKKKK-of-NNNNN.tfrecord` files and `manifest.json` (written last).
+Shard k holds lanes [k*lanes_per_shard, (k+1)*lanes_per_shard) of the global batch; its record r is
+block r (steps r*T .. r*T+T-1) of those lanes: a `tf.train.Example` whose features `input`,
+`target` (little-endian int32) and `reset`, `weight` (uint8) are raw bytes of `[lanes, T]` arrays.
+Raw bytes keep parsing to one decode per feature per block, so the reader does little per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from sbrjob import storage
+from sbrjob.config import join
+from sbrjob.errors import SbrjobError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FEATURES = {"input": "<i4", "target": "<i4", "reset": "u1", "weight": "u1"}  # stored dtypes
+_REQUIRED = ("version", "split", "lanes", "block_steps", "shards", "lanes_per_shard", "blocks", "steps",
+             "events", "pairs", "padding", "files")
+
+
+def shard_name(k: int, shards: int) -> str:
+    return f"part-{k:05d}-of-{shards:05d}.tfrecord"
+
+
+# ---------------------------------------------------------------- writing
+
+
+def encode_block(arrays: dict[str, np.ndarray]) -> bytes:
+    """One record: the `[lanes, T]` arrays of one block as a serialized tf.train.Example."""
+    import tensorflow as tf
+
+    feature = {
+        name: tf.train.Feature(bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(arrays[name], dtype).tobytes()]))
+        for name, dtype in FEATURES.items()
+    }
+    # deterministic=True fixes the map order, so the same blocks give byte-identical shards
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def write_shard(path: str | Path, records: Iterable[bytes]) -> str:
+    """Write records to a local TFRecord file; returns its sha256 (hex)."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for rec in records:
+            writer.write(rec)
+    return file_sha256(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def read_manifest(split_dir: str) -> dict:
+    """The split's manifest, checked for format version and completeness (SbrjobError otherwise)."""
+    path = join(split_dir, MANIFEST)
+    try:
+        manifest = json.loads(storage.read_text(path))
+    except FileNotFoundError:
+        raise SbrjobError(f"{path}: no manifest (export missing or interrupted); run `sbrjob export`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SbrjobError(f"{path}: manifest is not valid JSON ({err}); run `sbrjob export --force`") from None
+    if not isinstance(manifest, dict):
+        raise SbrjobError(f"{path}: manifest is not a JSON object; run `sbrjob export --force`")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise SbrjobError(f"{path}: shard format version {manifest.get('version')!r}, this sbrjob reads "
+                          f"{FORMAT_VERSION}; run `sbrjob export --force`")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise SbrjobError(f"{path}: manifest lacks {', '.join(missing)}; run `sbrjob export --force`")
+    names = [shard_name(k, manifest["shards"]) for k in range(manifest["shards"])]
+    if sorted(manifest["files"]) != names:
+        raise SbrjobError(f"{path}: manifest lists shards {sorted(manifest['files'])}, expected {names}; "
+                          "run `sbrjob export --force`")
+    return manifest
+
+
+_verified: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 already checked in this process
+
+
+def shard_paths(split_dir: str, manifest: dict, shard_ids: Iterable[int]) -> list[str]:
+    """Local paths of the given shards after checking each one's sha256 against the manifest.
+
+    gs:// shards are downloaded first (only the ones asked for). A missing or altered shard is an
+    SbrjobError naming it.
+    """
+    out = []
+    for k in shard_ids:
+        if not 0 <= k < manifest["shards"]:
+            raise SbrjobError(f"{split_dir}: no shard {k} (the split has {manifest['shards']})")
+        name = shard_name(k, manifest["shards"])
+        url = join(split_dir, name)
+        try:
+            local = storage.local_copy(url)
+            stat = Path(local).stat()
+        except (FileNotFoundError, SbrjobError):
+            raise SbrjobError(f"{url}: shard missing; run `sbrjob export --force`") from None
+        key = (local, stat.st_size, stat.st_mtime_ns)
+        if _verified.get(key) != manifest["files"][name]:
+            if file_sha256(local) != manifest["files"][name]:
+                raise SbrjobError(f"{url}: shard corrupted (sha256 differs from the manifest); "
+                                  "run `sbrjob export --force`")
+            _verified[key] = manifest["files"][name]
+        out.append(local)
+    return out
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _parser(lanes: int, block_steps: int):
+    import tensorflow as tf
+
+    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in FEATURES}
+    tf_dtype = {"<i4": tf.int32, "u1": tf.uint8}
+
+    def parse(record):
+        raw = tf.io.parse_single_example(record, spec)
+        out = {}
+        for name, dtype in FEATURES.items():
+            x = tf.reshape(tf.io.decode_raw(raw[name], tf_dtype[dtype], little_endian=True), [lanes, block_steps])
+            out[name] = x if dtype == "<i4" else tf.cast(x, tf.float32)
+        return out
+
+    return parse
+
+
+def block_dataset(split_dir: str, shard_ids: Iterable[int] | None = None, manifest: dict | None = None):
+    """tf.data.Dataset of blocks in step order: the given shards' lanes side by side (shard order).
+
+    Each element is a dict: `input`, `target` int32 and `reset`, `weight` float32, all
+    `[len(shard_ids) * lanes_per_shard, T]`. Default: all shards (the whole global batch).
+    """
+    import tensorflow as tf
+
+    manifest = manifest or read_manifest(split_dir)
+    shard_ids = list(range(manifest["shards"])) if shard_ids is None else list(shard_ids)
+    if not shard_ids:
+        raise SbrjobError(f"{split_dir}: no shards selected")
+    paths = shard_paths(split_dir, manifest, shard_ids)
+    parse = _parser(manifest["lanes_per_shard"], manifest["block_steps"])
+    per_shard = [tf.data.TFRecordDataset(p).map(parse, num_parallel_calls=tf.data.AUTOTUNE) for p in paths]
+    if len(per_shard) == 1:
+        ds = per_shard[0]
+    else:
+        ds = tf.data.Dataset.zip(tuple(per_shard)).map(
+            lambda *blocks: {name: tf.concat([b[name] for b in blocks], axis=0) for name in FEATURES},
+            num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _size_keys(manifest: dict) -> tuple[str, str]:
+    return ("export.batch_size", "export.shards") if manifest["split"] == "train" else \
+        ("export.eval_batch_size", "export.eval_shards")
+
+
+def check_replicas(manifest: dict, replicas: int, pipelines: int = 1) -> None:
+    """Refuse a layout that `replicas` replicas on `pipelines` workers cannot share lane for lane."""
+    lanes_key, shards_key = _size_keys(manifest)
+    where = f"{manifest['split']} shards ({manifest['lanes']} lanes in {manifest['shards']} shards)"
+    if manifest["lanes"] % replicas:
+        raise SbrjobError(f"{where}: {replicas} replicas cannot get equal lanes; set {lanes_key} to a "
+                          f"multiple of {replicas} and re-run `sbrjob export`")
+    if manifest["shards"] % pipelines:
+        raise SbrjobError(f"{where}: {pipelines} workers cannot each read whole shards; set {shards_key} to a "
+                          f"multiple of {pipelines} and re-run `sbrjob export`")
+    if replicas % pipelines:
+        raise SbrjobError(f"{where}: {replicas} replicas are not spread evenly over {pipelines} workers")
+
+
+def pipeline_dataset(split_dir: str, input_context, manifest: dict | None = None):
+    """The blocks of one input pipeline (worker), one element per local replica per block.
+
+    The worker reads only its own shards; their lanes are cut into equal contiguous groups, one per
+    local replica, emitted in replica order for each block, which is how tf.distribute deals the
+    elements of a per-worker dataset out to its replicas (round robin).
+    """
+    manifest = manifest or read_manifest(split_dir)
+    replicas, pipelines = input_context.num_replicas_in_sync, input_context.num_input_pipelines
+    check_replicas(manifest, replicas, pipelines)
+    per_worker = manifest["shards"] // pipelines
+    first = input_context.input_pipeline_id * per_worker
+    local = replicas // pipelines
+    lanes = manifest["lanes"] // replicas
+    ds = block_dataset(split_dir, range(first, first + per_worker), manifest)
+    if local > 1:
+        import tensorflow as tf
+
+        ds = ds.map(lambda b: {k: tf.reshape(v, [local, lanes, manifest["block_steps"]]) for k, v in b.items()})
+        ds = ds.unbatch().prefetch(tf.data.AUTOTUNE)
+    return ds
+
+
+def distribute_blocks(strategy, split_dir: str):
+    """A distributed dataset giving every replica its own fixed lanes, block by block in step order.
+
+    Replica i (global index, workers in order) gets lanes [i*B/N, (i+1)*B/N) of the global batch.
+    Works with the default strategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy.
+    """
+    manifest = read_manifest(split_dir)
+    check_replicas(manifest, strategy.num_replicas_in_sync)
+    return strategy.distribute_datasets_from_function(lambda ctx: pipeline_dataset(split_dir, ctx, manifest))
