@@ -74,10 +74,18 @@ def export_(
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Rewrite the shards even when the manifest says they are current.")] = False,
 ) -> None:
-    """Write session-parallel batches (input, target, reset, weight) of every split to TFRecord shards with a manifest."""
+    """Write session-parallel batches (input, target, reset, weight) of every split to TFRecord shards with a manifest.
+
+    Runs prepare first when the prepared data is missing or stale. Each split goes to
+    OUTPUT_DIR/shards/<split>/ (train: export.batch_size lanes in export.shards shards; valid/test:
+    export.eval_batch_size lanes in export.eval_shards shards); splits whose manifest still matches
+    the data and the export settings are kept. Prints lanes, blocks, pairs and padding per split.
+    """
     from sbrjob.export import export as run
 
-    _print_json(run(_load(config, set_), force=force))
+    manifests = run(_load(config, set_), force=force)
+    keys = ("lanes", "shards", "block_steps", "blocks", "steps", "sessions", "pairs", "padding")
+    _print_json({split: {k: m[k] for k in keys} for split, m in manifests.items()})
 
 
 @app.command()
