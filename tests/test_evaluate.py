@@ -1,0 +1,137 @@
+"""Evaluation over session-parallel blocks: state resets, padding, event counts, agreement with a
+plain per-session loop."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sbrjob.config import config_from_dict
+from sbrjob.evaluate import evaluate_blocks, evaluate_model
+from sbrjob.metrics import RankingMetrics
+
+
+class CountingModel(tf.Module):
+    """A model whose prediction depends only on its state: after c events since the last reset it
+    ranks item c first, then c±1, and so on. A missed reset (or a lost state) shifts the count."""
+
+    n_items = 6
+
+    def initial_state(self, batch):
+        return [tf.zeros([batch, 1])]
+
+    def step(self, items, state, training=False):
+        c = state[0] + 1.0
+        return c, [c]
+
+    def item_scores(self, h):
+        return -tf.abs(tf.range(self.n_items, dtype=tf.float32)[None, :] - h)
+
+
+def _blocks(T, reset, target, weight):
+    """Hand-made blocks: 2 lanes x 4 steps, cut into blocks of T steps."""
+    arrays = {"input": np.zeros((2, 4), np.int32), "target": np.array(target, np.int32),
+              "reset": np.array(reset, np.float32), "weight": np.array(weight, np.float32)}
+    return [{k: tf.constant(v[:, s:s + T]) for k, v in arrays.items()} for s in range(0, 4, T)]
+
+
+# lane 0: session A (steps 0-1), session B (steps 2-3); lane 1: session C (steps 0-2), padding at 3.
+RESET = [[1, 0, 1, 0], [1, 0, 0, 0]]
+WEIGHT = [[1, 1, 1, 1], [1, 1, 1, 0]]
+# the target at each step is the number of events seen in its session: a correct evaluation ranks
+# every one of them first
+TARGET = [[1, 2, 1, 2], [1, 2, 3, 0]]
+
+
+def _run(blocks, ties="conservative"):
+    return evaluate_blocks(CountingModel(), blocks, RankingMetrics(6, (1, 5), ties)).result()
+
+
+@pytest.mark.parametrize("T", [4, 2, 1])
+def test_state_reset_and_carry_across_blocks(T):
+    r = _run(_blocks(T, RESET, TARGET, WEIGHT))
+    assert r["events"] == 7  # the padding step is not counted
+    assert r["recall@1"] == 1.0 and r["mrr@5"] == 1.0
+
+
+def test_skipping_the_reset_changes_the_result():
+    no_reset = [[1, 0, 0, 0], [1, 0, 0, 0]]  # session B would continue A's state
+    r = _run(_blocks(4, no_reset, TARGET, WEIGHT))
+    # lane 0 steps 2-3 now count 3, 4. Target 1 at count 3: items 2, 3, 4 score higher and item 5
+    # ties (conservative rank 5). Target 2 at count 4: items 3, 4, 5 score higher (rank 4).
+    assert r["events"] == 7
+    assert r["recall@1"] == pytest.approx(5 / 7)
+    assert r["mrr@5"] == pytest.approx((5 + 1 / 5 + 1 / 4) / 7)
+
+
+def test_padding_would_change_the_result_if_counted():
+    r = _run(_blocks(4, RESET, TARGET, [[1, 1, 1, 1], [1, 1, 1, 1]]))
+    assert r["events"] == 8 and r["recall@1"] == pytest.approx(7 / 8)
+
+
+# ---------------------------------------------------------------- real shards and the real model
+
+
+def _cfg(tmp_path, **model):
+    return config_from_dict({"output_dir": str(tmp_path / "run"),
+                             "model": {"layers": [8], **model},
+                             "eval": {"cutoffs": [1, 3, 10], "metric": "mrr@10"}})
+
+
+def _sessions(rng, n_sessions, n_items):
+    lengths = rng.integers(2, 9, size=n_sessions)
+    session = np.repeat(np.arange(n_sessions), lengths)
+    item = rng.integers(0, n_items, size=lengths.sum()).astype(np.int32)
+    return session, item, lengths
+
+
+def _reference(model, session, item, cutoffs, ties):
+    """The protocol written plainly: one session at a time from a zero state, every position."""
+    m = RankingMetrics(model.n_items, cutoffs, ties)
+    for s in np.unique(session):
+        seq = item[session == s]
+        state = model.initial_state(1)
+        for t in range(len(seq) - 1):
+            h, state = model.step(tf.constant(seq[t:t + 1]), state)
+            m.add(model.item_scores(h), seq[t + 1:t + 2])
+    return m.result()
+
+
+def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path):
+    from sbrjob.export import write_split
+    from sbrjob.model import GRU4Rec
+
+    cfg = _cfg(tmp_path)
+    rng = np.random.default_rng(3)
+    n_items = 15
+    session, item, lengths = _sessions(rng, 23, n_items)
+    split_dir = tmp_path / "test"
+    manifest = write_split(session, item, split_dir, split="test", lanes=4, n_shards=2, block_steps=3)
+    assert manifest["pairs"] == int((lengths - 1).sum())
+
+    model = GRU4Rec(cfg.model, n_items, seed=1)
+    support = np.bincount(item, minlength=n_items)
+    got = evaluate_model(model, str(split_dir), cfg, support=support)
+    assert got["split"] == "test"
+    assert got["events"] == int((lengths - 1).sum())  # every (input, target) pair, nothing else
+    assert "popularity@10" in got and 0 < got["popularity@10"] <= 1
+    want = _reference(model, session, item, cfg.eval.cutoffs, cfg.eval.ties)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_evaluate_model_rejects_count_mismatch(tmp_path):
+    import json
+
+    from sbrjob.errors import SbrjobError
+    from sbrjob.export import write_split
+
+    cfg = _cfg(tmp_path)
+    session, item, _ = _sessions(np.random.default_rng(0), 5, 10)
+    split_dir = tmp_path / "test"
+    manifest = write_split(session, item, split_dir, split="test", lanes=2, n_shards=1, block_steps=4)
+    manifest["pairs"] += 1
+    (split_dir / "manifest.json").write_text(json.dumps(manifest))
+    from sbrjob.model import GRU4Rec
+
+    with pytest.raises(SbrjobError, match="pairs"):
+        evaluate_model(GRU4Rec(cfg.model, 10), str(split_dir), cfg)
