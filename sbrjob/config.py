@@ -113,6 +113,13 @@ class EvalConfig:
     cutoffs: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     ties: Literal["standard", "conservative", "median"] = "conservative"
     metric: str = "mrr@20"  # selects the best checkpoint (and what `tune` optimises)
+    # `sbrjob baselines`: which ones, on the same splits with the same metrics
+    baselines: list[Literal["pop", "spop", "itemknn", "vsknn"]] = field(
+        default_factory=lambda: ["pop", "spop", "itemknn", "vsknn"])
+    knn_neighbors: int = 100  # item-kNN: similar items kept per item; V-SKNN: neighbour sessions k
+    knn_sample: int = 1000  # V-SKNN: only the most recent sessions sharing an item are candidates
+    itemknn_lambda: float = 20.0  # item-kNN: similarity = co / (supp_i^a * supp_j^(1-a) + lambda)
+    itemknn_alpha: float = 0.5  # (0.5 and lambda 0 = plain cosine)
 
 
 @dataclass
@@ -214,6 +221,9 @@ def validate(cfg: JobConfig) -> None:
     name, _, k = ev.metric.partition("@")
     _check(name in ("recall", "mrr", "ndcg") and k.isdigit() and int(k) in ev.cutoffs, "eval.metric",
            f"use recall@K, mrr@K or ndcg@K with K in eval.cutoffs {ev.cutoffs}")
+    _check(ev.knn_neighbors >= 1 and ev.knn_sample >= 1, "eval.knn_neighbors", "knn_neighbors and knn_sample must be >= 1")
+    _check(ev.itemknn_lambda >= 0 and 0 <= ev.itemknn_alpha <= 1, "eval.itemknn_lambda",
+           "itemknn_lambda must be >= 0 and itemknn_alpha in [0, 1]")
 
 
 # ---------------------------------------------------------------- building from mappings
