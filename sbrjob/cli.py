@@ -155,11 +155,20 @@ def download(
     dataset: Annotated[str, typer.Argument(help="movielens-1m, or yoochoose (prints manual instructions).")],
     to: Annotated[str, typer.Option(help="Directory to extract into.")] = "data",
     url: Annotated[Optional[str], typer.Option(help="Override the archive URL (mirrors, tests).")] = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 when --url serves a different archive than the official one.")] = None,
 ) -> None:
-    """Fetch a public dataset, verify its checksum and extract it safely; does nothing if already there."""
-    from sbrjob.download import download as run_download
+    """Fetch a public dataset, verify its checksum and extract it safely; does nothing if already there.
 
-    typer.echo(run_download(dataset, to, url=url))
+    Prints the dataset directory (e.g. DIR/ml-1m). DIR may be a gs:// prefix. YOOCHOOSE needs a
+    manual download: the command prints where and how, and exits with code 3 until the file is there.
+    """
+    from sbrjob.download import ManualDownload, download as run_download
+
+    try:
+        typer.echo(run_download(dataset, to, url=url, sha256=sha256))
+    except ManualDownload as err:
+        typer.echo(err.instructions)
+        raise typer.Exit(3) from None
 
 
 @app.command()
