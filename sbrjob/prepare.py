@@ -1,0 +1,435 @@
+"""`sbrjob prepare`: events -> sessions -> filters -> time-based splits -> Parquet + vocabulary + stats.
+
+Everything is vectorised numpy over parallel arrays: rows are kept sorted by (session, time, item),
+so a session is a contiguous run of rows and per-session values come from run boundaries, never
+from a Python loop. Outputs follow docs/ARCHITECTURE.md (`output_dir/data/`); they are written to
+a staging directory and published whole, `manifest.json` last.
+"""
+
+from __future__ import annotations
+
+import json
+import time as clock
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sbrjob import __version__, storage
+from sbrjob.config import JobConfig, join, save_config
+from sbrjob.errors import SbrjobError
+from sbrjob.readers import Events, read_events, read_items
+
+SPLITS = ("train", "valid", "test")
+DAY = 86400.0
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Log:
+    """Events grouped into sessions: rows sorted by (session, time, item); `session` is 0..n-1 and contiguous."""
+
+    session: np.ndarray  # int64
+    item: np.ndarray  # int32 codes into item_ids
+    item_ids: np.ndarray  # object array of str
+    time: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.session)
+
+    @property
+    def n_sessions(self) -> int:
+        return int(self.session[-1]) + 1 if len(self) else 0
+
+    def starts(self) -> np.ndarray:
+        """Row index of each session's first event."""
+        return np.flatnonzero(_run_starts(self.session))
+
+    def lengths(self) -> np.ndarray:
+        return np.bincount(self.session, minlength=self.n_sessions)
+
+    def n_items(self) -> int:
+        return int(np.count_nonzero(np.bincount(self.item, minlength=len(self.item_ids))))
+
+    def keep(self, mask: np.ndarray) -> "Log":
+        """The rows where mask is True, sessions renumbered densely (order kept)."""
+        session = self.session[mask]
+        return Log(_renumber(session), self.item[mask], self.item_ids, self.time[mask])
+
+    def keep_sessions(self, session_mask: np.ndarray) -> "Log":
+        return self.keep(session_mask[self.session])
+
+
+def _run_starts(values: np.ndarray) -> np.ndarray:
+    new = np.ones(len(values), dtype=bool)
+    new[1:] = values[1:] != values[:-1]
+    return new
+
+
+def _renumber(session: np.ndarray) -> np.ndarray:
+    if not len(session):
+        return session.astype(np.int64)
+    return np.cumsum(_run_starts(session), dtype=np.int64) - 1
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def sessionize(ev: Events, gap: Optional[float]) -> Log:
+    """Sort by (key, time, item); session-keyed data keeps its ids, user-keyed data is cut at gaps > `gap`."""
+    if _sorted_by_key_time(ev.key, ev.time):
+        order = None  # the common case for logs written session by session: skip the 3-key sort
+    else:
+        order = np.lexsort((ev.item, ev.time, ev.key))
+    key = ev.key if order is None else ev.key[order]
+    item = ev.item if order is None else ev.item[order]
+    t = ev.time if order is None else ev.time[order]
+    new = _run_starts(key)
+    if ev.keyed_by == "user" and gap is not None:
+        new[1:] |= np.diff(t) > gap
+    session = np.cumsum(new, dtype=np.int64) - 1
+    if order is None:
+        # equal timestamps within a session must still be ordered by item
+        tie = ~new[1:] & (t[1:] == t[:-1]) & (item[1:] < item[:-1])
+        if tie.any():
+            order = np.lexsort((item, t, session))
+            item, t = item[order], t[order]  # session ids stay: the order only moves rows within sessions
+    return Log(session, item, ev.item_ids, t)
+
+
+def _sorted_by_key_time(key: np.ndarray, t: np.ndarray) -> bool:
+    if len(key) < 2:
+        return True
+    dk = np.diff(key)
+    if (dk < 0).any():
+        return False
+    return not ((dk == 0) & (np.diff(t) < 0)).any()
+
+
+def drop_repeats(log: Log) -> Log:
+    """Remove an event when the previous event of the same session has the same item."""
+    repeat = np.zeros(len(log), dtype=bool)
+    repeat[1:] = (log.session[1:] == log.session[:-1]) & (log.item[1:] == log.item[:-1])
+    return log.keep(~repeat)
+
+
+# ---------------------------------------------------------------- filters
+
+
+def _counts(log: Log) -> dict[str, int]:
+    return {"events": len(log), "sessions": log.n_sessions, "items": log.n_items()}
+
+
+def _removed(before: dict, after: dict) -> dict[str, int]:
+    return {k: before[k] - after[k] for k in before}
+
+
+def _add(total: dict, part: dict) -> None:
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + v
+
+
+def filter_sessions_items(log: Log, min_length: int, min_support: int, removed: dict) -> Log:
+    """Drop short sessions and rare items, repeated until neither removes anything (a fixed point)."""
+    by_length, by_support = {}, {}
+    changed = True
+    while changed and len(log):
+        changed = False
+        before = _counts(log)
+        lengths = log.lengths()
+        if (lengths < min_length).any():
+            log = log.keep_sessions(lengths >= min_length)
+            _add(by_length, _removed(before, _counts(log)))
+            changed = True
+        before = _counts(log)
+        support = np.bincount(log.item, minlength=len(log.item_ids))
+        rare = support[log.item] < min_support
+        if rare.any():
+            log = log.keep(~rare)
+            _add(by_support, _removed(before, _counts(log)))
+            changed = True
+    zero = {"events": 0, "sessions": 0, "items": 0}
+    removed["min_session_length"] = by_length or zero
+    removed["min_item_support"] = by_support or zero
+    return log
+
+
+def keep_last_days(log: Log, days: float) -> Log:
+    """Keep whole sessions whose last event lies in the final `days` days of the log."""
+    starts = log.starts()
+    ends = np.append(starts[1:], len(log)) - 1
+    end_time = log.time[ends]
+    return log.keep_sessions(end_time >= end_time.max() - days * DAY)
+
+
+# ---------------------------------------------------------------- splits
+
+
+def session_bounds(log: Log) -> tuple[np.ndarray, np.ndarray]:
+    """First and last event time of every session."""
+    starts = log.starts()
+    ends = np.append(starts[1:], len(log)) - 1
+    return log.time[starts], log.time[ends]
+
+
+def assign_splits(log: Log, split_cfg) -> np.ndarray:
+    """Per session: 0 train, 1 valid, 2 test (the days or fraction scheme)."""
+    start, end = session_bounds(log)
+    out = np.zeros(len(end), dtype=np.int8)
+    if split_cfg.scheme == "days":
+        # the GRU4Rec tutorial: test = sessions ending in the final test_days; valid is carved out
+        # of the remaining (train) sessions the same way, measured from their own latest event
+        test = end >= end.max() - split_cfg.test_days * DAY
+        out[test] = 2
+        if split_cfg.valid_days > 0 and (~test).any():
+            valid = ~test & (end >= end[~test].max() - split_cfg.valid_days * DAY)
+            out[valid] = 1
+        return out
+    n = len(end)
+    order = np.lexsort((np.arange(n), start, end))  # by end time; ties by start, then session
+    n_test = max(1, int(round(n * split_cfg.test_fraction)))
+    n_valid = int(round(n * split_cfg.valid_fraction))
+    out[order[n - n_test:]] = 2
+    out[order[max(0, n - n_test - n_valid):n - n_test]] = 1
+    return out
+
+
+def order_by_first_event(log: Log) -> Log:
+    """Renumber sessions in order of their first event (ties: last event, then old number)."""
+    starts = log.starts()
+    lengths = np.diff(np.append(starts, len(log)))
+    first, last = session_bounds(log)
+    order = np.lexsort((np.arange(len(starts)), last, first))
+    new_lengths = lengths[order]
+    new_starts = np.concatenate([[0], np.cumsum(new_lengths)[:-1]])
+    rows = np.repeat(starts[order] - new_starts, new_lengths) + np.arange(len(log))
+    session = np.repeat(np.arange(len(order), dtype=np.int64), new_lengths)
+    return Log(session, log.item[rows], log.item_ids, log.time[rows])
+
+
+def to_vocabulary(log: Log, vocab: pd.Index) -> tuple[Log, np.ndarray]:
+    """Re-code items as vocabulary indices; returns (log, mask of rows whose item is known)."""
+    code_map = vocab.get_indexer(pd.Index(log.item_ids)).astype(np.int32)
+    idx = code_map[log.item]
+    known = idx >= 0
+    return Log(log.session, idx, np.asarray(vocab, dtype=object), log.time), known
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
+    """Read, sessionize, clean and split; returns one Log per split (items still as input codes)."""
+    scfg = cfg.sessions
+    paths = {"train": None}
+    if cfg.split.scheme == "given":
+        paths = {"train": cfg.data.path, "valid": cfg.data.valid_path, "test": cfg.data.test_path}
+    logs = {}
+    for split, path in paths.items():
+        if split != "train" and not path:
+            continue
+        ev = read_events(cfg.data, path)
+        inputs["files"] += ev.sources
+        inputs["rows"] += len(ev)
+        inputs["bad_lines"] += ev.bad_lines
+        inputs["keyed_by"] = ev.keyed_by
+        if scfg.min_rating is not None:
+            if ev.rating is None:
+                raise SbrjobError(f"sessions.min_rating: {ev.sources[0]} has no ratings; set it to null")
+            keep = ev.rating >= scfg.min_rating
+            n_items = len(np.unique(ev.item))
+            ev = Events(ev.key[keep], ev.item[keep], ev.item_ids, ev.time[keep], ev.rating[keep], ev.keyed_by,
+                        ev.bad_lines, ev.sources)
+            _add(removed.setdefault("min_rating", {}),
+                 {"events": int((~keep).sum()), "items": n_items - len(np.unique(ev.item))})
+            if not len(ev):
+                raise SbrjobError(f"sessions.min_rating={scfg.min_rating} removed every event of {ev.sources[0]}; "
+                                  "lower it or set it to null")
+        log = sessionize(ev, scfg.gap)
+        del ev
+        if scfg.drop_repeats:
+            before = _counts(log)
+            log = drop_repeats(log)
+            _add(removed.setdefault("drop_repeats", {}), _removed(before, _counts(log)))
+        logs[split] = log
+    if cfg.split.scheme == "given":
+        return logs  # passed through as given: no last_days / length / support filters
+
+    log = logs["train"]
+    f = cfg.filter
+    if f.last_days is not None:
+        before = _counts(log)
+        log = keep_last_days(log, f.last_days)
+        removed["last_days"] = _removed(before, _counts(log))
+    log = filter_sessions_items(log, f.min_session_length, f.min_item_support, removed)
+    if not len(log):
+        raise SbrjobError(f"no sessions left after filter.min_session_length={f.min_session_length} and "
+                          f"filter.min_item_support={f.min_item_support} (applied until nothing changes); "
+                          "lower them")
+    which = assign_splits(log, cfg.split)
+    return {name: log.keep_sessions(which == code) for code, name in enumerate(SPLITS)}
+
+
+def _split_stats(log: Log) -> dict:
+    lengths = log.lengths()
+    out = {"events": len(log), "sessions": log.n_sessions, "items": log.n_items()}
+    if len(log):
+        lo, hi = float(log.time.min()), float(log.time.max())
+        q = np.quantile(lengths, [0.5, 0.9, 0.99, 0.999])
+        out["time_min"], out["time_max"] = lo, hi
+        out["time_range"] = [_iso(lo), _iso(hi)]
+        out["session_length"] = {"mean": round(float(lengths.mean()), 3), "50%": float(q[0]), "90%": float(q[1]),
+                                 "99%": float(q[2]), "99.9%": float(q[3]), "max": int(lengths.max())}
+    return out
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _empty_split_error(cfg: JobConfig, split: str, stage: str) -> SbrjobError:
+    s = cfg.split
+    why = {
+        "split": {"days": f"no session falls there with split.scheme days (test_days={s.test_days}, "
+                          f"valid_days={s.valid_days})",
+                  "fraction": f"split.scheme fraction (test_fraction={s.test_fraction}, "
+                              f"valid_fraction={s.valid_fraction}) leaves it no session",
+                  "given": "its input file has no session of 2 or more events"}[s.scheme],
+        "vocabulary": "every session lost its items when items not in the train split were removed and "
+                      "sessions shorter than 2 dropped (filter.min_item_support / split sizes too strict?)",
+    }[stage]
+    return SbrjobError(f"the {split} split is empty: {why}")
+
+
+def _write_split(path: str, log: Log) -> None:
+    table = pa.table({"session": pa.array(log.session, pa.int64()), "item": pa.array(log.item, pa.int32()),
+                      "time": pa.array(log.time, pa.float64())})
+    pq.write_table(table, path)
+
+
+def prepare(cfg: JobConfig) -> dict:
+    """Run the prepare stage; writes `cfg.data_dir` and returns the stats dict (also stats.json)."""
+    t0 = clock.perf_counter()
+    removed: dict = {}
+    inputs = {"format": cfg.data.format, "files": [], "rows": 0, "bad_lines": 0, "keyed_by": None}
+    logs = _split_logs(cfg, removed, inputs)
+    valid_wanted = (cfg.split.scheme == "given" and bool(cfg.data.valid_path)) or (
+        cfg.split.scheme == "fraction" and cfg.split.valid_fraction > 0) or (
+        cfg.split.scheme == "days" and cfg.split.valid_days > 0)
+    for split in SPLITS:
+        if split in logs and (split != "valid" or valid_wanted):
+            if cfg.split.scheme == "given":
+                logs[split] = logs[split].keep_sessions(logs[split].lengths() >= 2)
+            if not len(logs[split]):
+                raise _empty_split_error(cfg, split, "split")
+
+    # vocabulary from train only, indexed in order of first appearance (sessions by first event)
+    train = order_by_first_event(logs["train"])
+    first_codes = pd.unique(train.item)
+    vocab = pd.Index(train.item_ids[first_codes].astype(str), dtype=object)
+    out = {"train": to_vocabulary(train, vocab)[0]}
+    for split in ("valid", "test"):
+        log = logs.get(split)
+        if log is None or not len(log):
+            out[split] = Log(np.zeros(0, np.int64), np.zeros(0, np.int32), vocab.to_numpy(), np.zeros(0))
+            continue
+        before = _counts(log)
+        log, known = to_vocabulary(log, vocab)
+        log = log.keep(known)
+        log = log.keep_sessions(log.lengths() >= 2) if len(log) else log
+        removed[f"unknown_items_{split}"] = _removed(before, _counts(log))
+        if not len(log) and (split != "valid" or valid_wanted):
+            raise _empty_split_error(cfg, split, "vocabulary")
+        out[split] = order_by_first_event(log) if len(log) else log
+
+    support = np.bincount(out["train"].item, minlength=len(vocab)).astype(np.int64)
+    items = _items_table(cfg, vocab, support)
+    stats = {split: _split_stats(out[split]) for split in SPLITS}
+    stats.update(n_items=len(vocab), input=inputs, removed=removed, bad_lines=inputs["bad_lines"])
+
+    with storage.staging_dir(cfg.data_dir) as tmp:
+        for split in SPLITS:
+            _write_split(str(tmp / f"{split}.parquet"), out[split])
+        pq.write_table(items, str(tmp / "items.parquet"))
+        from sbrjob.report import write_report
+
+        write_report(str(tmp / "data_report.png"), {s: out[s] for s in SPLITS}, title=cfg.name)
+        save_config(cfg, str(tmp))
+        stats["seconds"] = round(clock.perf_counter() - t0, 2)
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
+        manifest = {"format_version": FORMAT_VERSION, "sbrjob": __version__,
+                    "fingerprint": data_fingerprint(cfg), "n_items": len(vocab),
+                    "splits": {s: {"events": stats[s]["events"], "sessions": stats[s]["sessions"]} for s in SPLITS}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        storage.publish_dir(tmp, cfg.data_dir, last="manifest.json")
+    return stats
+
+
+def _items_table(cfg: JobConfig, vocab: pd.Index, support: np.ndarray) -> pa.Table:
+    meta = read_items(cfg.data)
+    title = genres = pa.nulls(len(vocab), pa.string())
+    if meta is not None:
+        meta = meta.drop_duplicates("item_id").set_index("item_id")
+        pos = meta.index.get_indexer(vocab)
+        found = pos >= 0
+        for name in ("title", "genres"):
+            if name in meta and meta[name] is not None:
+                vals = np.where(found, meta[name].to_numpy(dtype=object)[np.maximum(pos, 0)], None)
+                arr = pa.array(vals.tolist(), pa.string())
+                if name == "title":
+                    title = arr
+                else:
+                    genres = arr
+    return pa.table({"index": pa.array(np.arange(len(vocab), dtype=np.int32)),
+                     "item_id": pa.array(vocab.to_numpy().tolist(), pa.string()),
+                     "title": title, "genres": genres, "support": pa.array(support, pa.int64())})
+
+
+# ---------------------------------------------------------------- for later stages
+
+
+def data_fingerprint(cfg: JobConfig) -> str:
+    return cfg.section_fingerprint("data", "sessions", "filter", "split")
+
+
+def read_manifest(data_dir: str) -> Optional[dict]:
+    path = join(data_dir, "manifest.json")
+    try:
+        if not storage.exists(path):
+            return None
+        return json.loads(storage.read_text(path))
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_prepared(cfg: JobConfig, force: bool = False) -> str:
+    """The data dir, running prepare first when it is missing, stale (config changed) or `force`."""
+    manifest = read_manifest(cfg.data_dir)
+    if force or manifest is None or manifest.get("fingerprint") != data_fingerprint(cfg):
+        prepare(cfg)
+    return cfg.data_dir
+
+
+def _read_parquet(data_dir: str, name: str) -> pd.DataFrame:
+    path = join(data_dir, name)
+    if read_manifest(data_dir) is None:
+        raise SbrjobError(f"{data_dir}: no prepared data (manifest.json missing); run `sbrjob prepare` first")
+    if storage.is_remote(path):
+        return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pandas()
+    return pq.read_table(path).to_pandas()
+
+
+def load_split(data_dir: str, split: str) -> pd.DataFrame:
+    """One split: columns session (int64), item (int32), time (float64), sorted by (session, time, item)."""
+    if split not in SPLITS:
+        raise SbrjobError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return _read_parquet(data_dir, f"{split}.parquet")
+
+
+def load_items(data_dir: str) -> pd.DataFrame:
+    """The vocabulary: index (int32), item_id (str), title, genres (str or None), support (int64)."""
+    return _read_parquet(data_dir, "items.parquet")

@@ -1,0 +1,59 @@
+"""`data_report.png`: what the prepared data looks like, at a glance.
+
+Left: the cumulative session-length distribution per split (fraction of sessions with length <= L,
+log x axis, as the GRU4Rec tutorial plots it). Right: events per day, coloured by split, which shows
+where the time-based split cuts and how unevenly the days are filled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COLORS = {"train": "tab:blue", "valid": "tab:orange", "test": "tab:green"}
+DAY = 86400.0
+
+
+def write_report(path: str, logs: dict, title: str = "") -> None:
+    """`logs`: split name -> object with `session` (int64, 0..n-1) and `time` (epoch seconds) arrays."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_len, ax_day) = plt.subplots(1, 2, figsize=(12, 4.2))
+    present = {name: log for name, log in logs.items() if len(log.session)}
+
+    for name, log in present.items():
+        counts = np.bincount(np.bincount(log.session))  # sessions per length
+        lengths = np.flatnonzero(counts)
+        cumulative = np.cumsum(counts[lengths]) / counts.sum()
+        ax_len.step(lengths, cumulative, where="post", label=f"{name} ({int(counts.sum()):,} sessions)",
+                    color=COLORS.get(name))
+    ax_len.set_xscale("log")
+    ax_len.set_xlabel("session length (events)")
+    ax_len.set_ylabel("fraction of sessions with length <= x")
+    ax_len.set_ylim(0, 1.01)
+    ax_len.grid(alpha=0.3)
+    ax_len.legend(loc="lower right")
+    ax_len.set_title("cumulative session-length distribution")
+
+    if present:
+        day0 = np.floor(min(float(log.time.min()) for log in present.values()) / DAY)
+        n_days = int(np.floor(max(float(log.time.max()) for log in present.values()) / DAY) - day0) + 1
+        bottom = np.zeros(n_days)
+        for name, log in present.items():
+            per_day = np.bincount((np.floor(log.time / DAY) - day0).astype(np.int64), minlength=n_days)
+            ax_day.bar(np.arange(n_days), per_day, bottom=bottom, width=1.0, color=COLORS.get(name), label=name,
+                       linewidth=0)
+            bottom += per_day
+        ax_day.set_xlabel(f"day since {np.datetime64(int(day0 * DAY), 's').astype('datetime64[D]')} (UTC)")
+    ax_day.set_ylabel("events per day")
+    ax_day.grid(alpha=0.3)
+    ax_day.legend(loc="upper left")
+    ax_day.set_title("events per day by split")
+
+    if title:
+        fig.suptitle(f"{title}: prepared data")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
