@@ -1,0 +1,301 @@
+"""Simple session-based baselines, judged by exactly the same full-ranking metrics as GRU4Rec.
+
+Every baseline fits on the train split and, for every position of every test session, scores ALL
+items from the session prefix; `metrics.RankingMetrics` ranks the true next item with the same tie
+mode as the model's evaluation. Predictions are the same (input, target) pairs as the model's.
+
+- pop: most popular items (train events).
+- spop: session popularity: items already in the session by how often they occurred, the rest by
+  global popularity (which also breaks ties among the session's items).
+- itemknn: the baseline of the GRU4Rec paper: items similar to the LAST item, similarity =
+  co-occurrence in train sessions / (supp_i^alpha * supp_j^(1-alpha) + lambda), supp = sessions
+  containing the item (alpha 0.5, lambda 0 is the cosine of binary session vectors); the item itself
+  is excluded and only the `knn_neighbors` most similar are kept.
+- vsknn: vector multiplied session-kNN (Ludewig & Jannach): the prefix is a vector whose item at
+  position p of t weighs p/t (latest occurrence); similarity to a train session = sum of the weights
+  of the items they share. Candidates are the `knn_sample` most recent train sessions sharing an item;
+  the `knn_neighbors` most similar (ties: more recent) vote for their items with their similarity.
+
+Vectorised with numpy and TensorFlow sparse matmuls (no scipy): predictions are scored in chunks of
+whole sessions, prefix statistics by cumulative sums along the chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from sbrjob import storage
+from sbrjob.config import EvalConfig, JobConfig, join
+from sbrjob.errors import SbrjobError
+from sbrjob.metrics import RankingMetrics
+
+CHUNK_CELLS = 1 << 23  # ~32 MB of float32 per dense [rows, n_items] chunk
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """A split as flat item indices with session offsets (`start[s]:start[s+1]`)."""
+
+    item: np.ndarray  # int32
+    start: np.ndarray  # int64 [n_sessions + 1]
+    last_time: np.ndarray  # float64 [n_sessions]: time of each session's last event
+
+    @classmethod
+    def from_frame(cls, df) -> "Sessions":
+        session = df["session"].to_numpy(np.int64)
+        if session.size and np.any(session[1:] < session[:-1]):
+            raise SbrjobError("split rows are not sorted by session; re-run `sbrjob prepare --force`")
+        _, first = np.unique(session, return_index=True)
+        start = np.append(first, session.size).astype(np.int64)
+        times = df["time"].to_numpy(np.float64) if "time" in df else np.arange(session.size, dtype=np.float64)
+        last = times[start[1:] - 1] if session.size else np.zeros(0)
+        return cls(df["item"].to_numpy(np.int32), start, last)
+
+    @classmethod
+    def from_lists(cls, sessions: list[list[int]]) -> "Sessions":
+        lengths = [len(s) for s in sessions]
+        start = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        item = np.concatenate([np.asarray(s, np.int32) for s in sessions]) if sessions else np.zeros(0, np.int32)
+        return cls(item, start, np.arange(len(sessions), dtype=np.float64))
+
+    @property
+    def n(self) -> int:
+        return len(self.start) - 1
+
+    @property
+    def pairs(self) -> int:
+        return int(np.maximum(np.diff(self.start) - 1, 0).sum())
+
+    def session_items(self, n_items: int) -> tf.SparseTensor:
+        """Binary [n_sessions, n_items] matrix, rows ordered oldest -> most recent (by last event)."""
+        order = np.argsort(self.last_time, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(self.n)
+        rows = np.repeat(rank, np.diff(self.start))
+        pairs = np.unique(rows.astype(np.int64) * n_items + self.item)
+        idx = np.stack([pairs // n_items, pairs % n_items], axis=1)
+        return tf.SparseTensor(idx, tf.ones(len(pairs), tf.float32), [self.n, n_items])
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Whole sessions' events; each prediction row r reads `item[rows[r]]` (the last event of its
+    prefix), whose session starts at `item[first[r]]`; the target is `item[rows[r] + 1]`."""
+
+    item: np.ndarray
+    rows: np.ndarray
+    first: np.ndarray
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.item[self.rows + 1]
+
+    def one_hot(self, n_items: int, values: np.ndarray) -> np.ndarray:
+        """Dense [events, n_items] with `values[e]` at (e, item[e])."""
+        out = np.zeros((len(self.item), n_items), np.float32)
+        out[np.arange(len(self.item)), self.item] = values
+        return out
+
+
+def chunks(sessions: Sessions, n_items: int, cells: int = CHUNK_CELLS) -> Iterator[Chunk]:
+    """Groups of whole sessions whose dense [events, n_items] work area stays near `cells`."""
+    budget = max(1, cells // max(n_items, 1))
+    s = 0
+    while s < sessions.n:
+        e = s + 1
+        while e < sessions.n and sessions.start[e + 1] - sessions.start[s] <= budget:
+            e += 1
+        lo, hi = sessions.start[s], sessions.start[e]
+        starts = sessions.start[s:e + 1] - lo
+        lengths = np.diff(starts)
+        rows = np.concatenate([np.arange(a, b - 1) for a, b in zip(starts[:-1], starts[1:])]) \
+            if e > s else np.zeros(0, np.int64)
+        first = np.repeat(starts[:-1], np.maximum(lengths - 1, 0))
+        yield Chunk(sessions.item[lo:hi], rows.astype(np.int64), first.astype(np.int64))
+        s = e
+
+
+# ---------------------------------------------------------------- the baselines
+
+
+class Pop:
+    name = "pop"
+
+    def fit(self, train: Sessions, n_items: int) -> "Pop":
+        self.n_items = n_items
+        self.support = np.bincount(train.item, minlength=n_items).astype(np.float32)
+        return self
+
+    def score(self, chunk: Chunk) -> np.ndarray:
+        return np.broadcast_to(self.support, (len(chunk.rows), self.n_items))
+
+
+class SPop(Pop):
+    name = "spop"
+
+    def score(self, chunk: Chunk) -> np.ndarray:
+        # global popularity scaled into [0, 1): it orders items the session has not shown and breaks
+        # ties among those it has, never outweighing one more occurrence in the session
+        tie_break = self.support / (self.support.max() + 1.0)
+        counts = np.cumsum(chunk.one_hot(self.n_items, 1.0), axis=0)
+        before = np.where(chunk.first[:, None] > 0, counts[np.maximum(chunk.first - 1, 0)], 0.0)
+        return counts[chunk.rows] - before + tie_break
+
+
+class ItemKNN:
+    name = "itemknn"
+
+    def __init__(self, neighbors: int = 100, lam: float = 20.0, alpha: float = 0.5):
+        self.neighbors, self.lam, self.alpha = neighbors, lam, alpha
+
+    def fit(self, train: Sessions, n_items: int) -> "ItemKNN":
+        self.n_items = n_items
+        x = train.session_items(n_items)
+        supp = tf.sparse.reduce_sum(x, axis=0).numpy().astype(np.float64)  # sessions per item
+        k = min(self.neighbors, max(n_items - 1, 1))
+        self.nbr_idx = np.zeros((n_items, k), np.int32)
+        self.nbr_sim = np.zeros((n_items, k), np.float32)
+        step = max(1, min(n_items, CHUNK_CELLS // max(train.n, n_items, 1)))
+        for lo in range(0, n_items, step):
+            hi = min(lo + step, n_items)
+            cols = tf.sparse.to_dense(tf.sparse.slice(x, [0, lo], [train.n, hi - lo]))
+            co = tf.sparse.sparse_dense_matmul(x, cols, adjoint_a=True).numpy().T.astype(np.float64)  # [rows, n]
+            denom = supp[lo:hi, None] ** self.alpha * supp[None, :] ** (1.0 - self.alpha) + self.lam
+            sim = np.divide(co, denom, out=np.zeros_like(co), where=denom > 0)
+            sim[np.arange(hi - lo), np.arange(lo, hi)] = 0.0  # an item is not its own neighbour
+            top = tf.math.top_k(sim.astype(np.float32), k=k)
+            self.nbr_idx[lo:hi], self.nbr_sim[lo:hi] = top.indices.numpy(), top.values.numpy()
+        return self
+
+    def score(self, chunk: Chunk) -> np.ndarray:
+        last = chunk.item[chunk.rows]
+        out = np.zeros((len(last), self.n_items), np.float32)
+        out[np.arange(len(last))[:, None], self.nbr_idx[last]] = self.nbr_sim[last]
+        return out
+
+
+class VSKNN:
+    name = "vsknn"
+
+    def __init__(self, neighbors: int = 100, sample: int = 1000):
+        self.neighbors, self.sample = neighbors, sample
+
+    def fit(self, train: Sessions, n_items: int) -> "VSKNN":
+        self.n_items, self.n_sessions = n_items, train.n
+        self.x = train.session_items(n_items)  # rows: oldest -> most recent
+        return self
+
+    def prefix_weights(self, chunk: Chunk) -> np.ndarray:
+        """[rows, n_items]: the item at position p (latest occurrence) of a t-event prefix weighs p/t."""
+        latest = np.maximum.accumulate(chunk.one_hot(self.n_items, np.arange(1, len(chunk.item) + 1)), axis=0)
+        latest = latest[chunk.rows] - chunk.first[:, None]  # 1-based position in the session, <= 0 if absent
+        length = (chunk.rows - chunk.first + 1)[:, None]
+        return np.where(latest > 0, latest / length, 0.0).astype(np.float32)
+
+    def score(self, chunk: Chunk) -> np.ndarray:
+        w = self.prefix_weights(chunk)
+        out = []
+        step = max(1, CHUNK_CELLS // max(self.n_sessions, 1))
+        for lo in range(0, len(w), step):
+            out.append(self._score(tf.constant(w[lo:lo + step])).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.n_items), np.float32)
+
+    @tf.function(reduce_retracing=True)
+    def _score(self, w):
+        sims = tf.transpose(tf.sparse.sparse_dense_matmul(self.x, w, adjoint_b=True))  # [rows, sessions]
+        sims = tf.reverse(sims, axis=[1])  # most recent first
+        shares = sims > 0
+        recent_rank = tf.cumsum(tf.cast(shares, tf.float32), axis=1)
+        candidate = shares & (recent_rank <= self.sample)
+        k = min(self.neighbors, self.n_sessions)
+        top = tf.math.top_k(tf.where(candidate, sims, -1.0), k=k)  # ties: lower index = more recent
+        weight = tf.maximum(top.values, 0.0)
+        rows = tf.shape(w)[0]
+        session = self.n_sessions - 1 - top.indices  # back to oldest-first row numbers
+        nbr = tf.scatter_nd(tf.stack([tf.repeat(tf.range(rows), k), tf.reshape(session, [-1])], axis=1),
+                            tf.reshape(weight, [-1]), tf.stack([rows, self.n_sessions]))
+        return tf.transpose(tf.sparse.sparse_dense_matmul(self.x, nbr, adjoint_a=True, adjoint_b=True))
+
+
+def make_baseline(name: str, ev: EvalConfig):
+    if name == "pop":
+        return Pop()
+    if name == "spop":
+        return SPop()
+    if name == "itemknn":
+        return ItemKNN(ev.knn_neighbors, ev.itemknn_lambda, ev.itemknn_alpha)
+    if name == "vsknn":
+        return VSKNN(ev.knn_neighbors, ev.knn_sample)
+    raise SbrjobError(f"eval.baselines: unknown baseline {name!r}; use pop, spop, itemknn, vsknn")
+
+
+def evaluate_baseline(model, test: Sessions, metrics: RankingMetrics) -> RankingMetrics:
+    """Score every (prefix, next item) pair of `test` with a fitted baseline into `metrics`."""
+    for chunk in chunks(test, metrics.n_items):
+        if len(chunk.rows):
+            metrics.add(np.ascontiguousarray(model.score(chunk), np.float32), chunk.targets)
+    return metrics
+
+
+# ---------------------------------------------------------------- the command
+
+
+def comparison_table(results: dict[str, dict], cutoffs: list[int]) -> str:
+    """Markdown table: one row per method (GRU4Rec first when present)."""
+    kmax = max(cutoffs)
+    cols = [f"{m}@{k}" for m in ("recall", "mrr") for k in cutoffs] + [f"ndcg@{kmax}", f"coverage@{kmax}",
+                                                                     f"popularity@{kmax}"]
+    lines = ["| method | events | " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * len(cols)]
+    for name, r in results.items():
+        cells = [f"{r[c]:.4f}" if isinstance(r.get(c), (int, float)) else "-" for c in cols]
+        lines.append(f"| {name} | {r.get('events', '-')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _trained_test_metrics(cfg: JobConfig) -> dict | None:
+    for path in (join(cfg.output_dir, "eval_test.json"), cfg.metrics_path):
+        try:
+            data = json.loads(storage.read_text(path))
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        test = data.get("test") if "test" in data else data if "events" in data else None
+        if isinstance(test, dict) and "events" in test:
+            return test
+    return None
+
+
+def run_baselines(cfg: JobConfig) -> dict:
+    """Fit and evaluate each baseline of `cfg.eval.baselines` on the test split; write
+    `baselines.json` and `comparison.md` (with the trained GRU4Rec's test metrics when present)."""
+    from sbrjob.prepare import ensure_prepared, load_items, load_split
+
+    data_dir = ensure_prepared(cfg)
+    items = load_items(data_dir).sort_values("index")
+    n_items = len(items)
+    support = items["support"].to_numpy(np.float64)
+    train = Sessions.from_frame(load_split(data_dir, "train"))
+    test = Sessions.from_frame(load_split(data_dir, "test"))
+    results = {}
+    for name in cfg.eval.baselines:
+        t0 = time.perf_counter()
+        model = make_baseline(name, cfg.eval).fit(train, n_items)
+        metrics = evaluate_baseline(model, test, RankingMetrics(n_items, cfg.eval.cutoffs, cfg.eval.ties, support))
+        if metrics.events != test.pairs:
+            raise SbrjobError(f"{name}: evaluated {metrics.events} events, the test split has {test.pairs} pairs")
+        results[name] = {"split": "test", **metrics.result(), "seconds": round(time.perf_counter() - t0, 3)}
+    storage.write_text(join(cfg.output_dir, "baselines.json"), json.dumps(results, indent=2) + "\n")
+    rows = dict(results)
+    trained = _trained_test_metrics(cfg)
+    if trained is not None:
+        rows = {"gru4rec": trained, **rows}
+    table = comparison_table(rows, cfg.eval.cutoffs)
+    note = "" if trained else "\n(no trained GRU4Rec test metrics found in this run's output_dir yet)\n"
+    header = f"# {cfg.name}: test split, full ranking over {n_items} items, ties {cfg.eval.ties}\n\n"
+    storage.write_text(join(cfg.output_dir, "comparison.md"), header + table + note)
+    return {"baselines": results, "table": header + table + note}
