@@ -194,13 +194,34 @@ def submit(
 def tune(
     config: ConfigOpt,
     set_: SetOpt = None,
-    trials: Annotated[int, typer.Option(help="Number of trials (counting those already done).")] = 20,
-    space: Annotated[Optional[str], typer.Option(help="YAML search space; default: per-loss GRU4Rec ranges.")] = None,
+    trials: Annotated[int, typer.Option(help="Trials in total, counting those an earlier (interrupted) run of the same study finished.")] = 20,
+    space: Annotated[Optional[str], typer.Option(help="YAML search space overriding the default key by key (e.g. `train.lr: {low: 0.01, high: 0.1, log: true}`; a plain value pins a key, null drops it). Default: the GRU4Rec authors' ranges for the config's loss.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the same search as a Vertex AI HyperparameterTuningJob spec (JSON) and run nothing. Needs --image and a gs:// output_dir.")] = False,
+    image: Annotated[Optional[str], typer.Option(help="With --dry-run: container image URI with sbrjob installed.")] = None,
+    accelerator: Annotated[str, typer.Option(help="With --dry-run: cpu or gpu per trial.")] = "gpu",
+    replicas: Annotated[int, typer.Option(help="With --dry-run: GPUs per trial.")] = 1,
+    parallel: Annotated[int, typer.Option(help="With --dry-run: trials the service runs at the same time.")] = 1,
 ) -> None:
-    """Hyperparameter search with Optuna on validation metrics; resumable; writes a leaderboard and best.yaml."""
+    """Hyperparameter search with Optuna, optimising the VALIDATION metric (eval.metric, default mrr@20).
+
+    Every trial is a normal training run in OUTPUT_DIR/tune/trial-NNN (its own metrics.json); trials
+    that are clearly worse than the others after an epoch are pruned. The study is kept in
+    OUTPUT_DIR/tune/study.db, so re-running the same command after an interruption resumes it.
+    Writes OUTPUT_DIR/tune/leaderboard.{csv,json} (parameters, validation and test metrics, events/s),
+    best.yaml (train it with `sbrjob train --config OUTPUT_DIR/tune/best.yaml`) and tune_report.png
+    (optimisation history, parameter importances). Test metrics are reported, never used to choose.
+    """
+    if dry_run:
+        from sbrjob.tune import vertex_tuning_job
+
+        if not image:
+            raise SbrjobError("--dry-run needs --image (the container image URI with sbrjob installed)")
+        _print_json(vertex_tuning_job(config, _load(config, set_), trials, space=space, overrides=set_ or [],
+                                      parallel=parallel, image=image, accelerator=accelerator, replicas=replicas))
+        return
     from sbrjob.tune import tune as run_tune
 
-    run_tune(_load(config, set_), trials=trials, space=space)
+    run_tune(_load(config, set_), trials=trials, space=space, echo=typer.echo)
 
 
 @app.command("config")

@@ -1,0 +1,828 @@
+"""Hyperparameter search: `sbrjob tune` (Optuna on this machine, or a Vertex AI tuning job).
+
+Every trial is an ordinary training run (`sbrjob.train.train`) in OUTPUT_DIR/tune/trial-NNN with
+its own metrics.json, scored by its best VALIDATION metric (`eval.metric`); test metrics are only
+reported next to it, never used to choose. The study lives in OUTPUT_DIR/tune/study.db (SQLite),
+so a killed search resumes and counts the trials already finished.
+
+A search space maps dotted config keys to ranges; the value type comes from the config schema:
+
+    train.lr: {low: 0.01, high: 0.25, log: true}
+    export.batch_size: {low: 32, high: 256, step: 16}
+    train.loss: {choices: [xe, bpr-max]}
+    train.bpreg: {low: 0.0, high: 2.0, when: {train.loss: bpr-max}}
+    model.dropout_embedding: 0.0     # pinned: not searched
+    train.momentum: null             # not searched: keep the config's value
+
+`model.layers` takes one size and means a single GRU layer of that size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import json
+import math
+import os
+import tempfile
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import yaml
+
+from sbrjob import storage
+from sbrjob.config import JobConfig, dump_config, join, parse_config
+from sbrjob.errors import SbrjobError
+
+TUNABLE_SECTIONS = ("export", "model", "train")  # data/split sections must not vary: same validation split
+SPEC_FIELDS = ("low", "high", "log", "step", "choices", "when")
+
+# The ranges the GRU4Rec authors searched (~200 Optuna trials per dataset and loss).
+# `when` keeps each loss's own parameters: bpreg only matters for BPR-max, and full softmax draws
+# no samples. Conditions are read from the trial's config, so they work whether the loss is fixed
+# by the config or searched itself.
+DEFAULT_SPACE: dict[str, Any] = {
+    "model.layers": {"low": 64, "high": 512, "step": 32},
+    "export.batch_size": {"low": 32, "high": 256, "step": 16},
+    "train.lr": {"low": 0.01, "high": 0.25, "log": True},
+    "model.dropout_embedding": {"low": 0.0, "high": 0.7},
+    "model.dropout_hidden": {"low": 0.0, "high": 0.7},
+    "train.momentum": {"low": 0.0, "high": 0.9},
+    "train.sample_alpha": {"low": 0.0, "high": 1.0, "when": {"train.loss": ["xe", "bpr-max", "top1-max"]}},
+    "train.bpreg": {"low": 0.0, "high": 2.0, "when": {"train.loss": ["bpr-max"]}},
+}
+
+HYPERTUNE_FILE = "/tmp/hypertune/output.metrics"  # where Vertex AI's trial agent reads metrics
+
+
+# ---------------------------------------------------------------- search space
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # dotted config key, e.g. "train.lr"
+    kind: Literal["float", "int", "categorical"]
+    low: Optional[float] = None
+    high: Optional[float] = None
+    log: bool = False
+    step: Optional[float] = None
+    choices: tuple = ()
+    when: tuple[tuple[str, tuple], ...] = ()  # ((key, allowed values), ...): searched only then
+
+    def is_active(self, raw: dict) -> bool:
+        return all(_get(raw, k) in allowed for k, allowed in self.when)
+
+    def grid(self) -> list:
+        """All values of a stepped range (for services that want discrete values)."""
+        n = int(round((self.high - self.low) / self.step))
+        vals = [self.low + i * self.step for i in range(n + 1)]
+        return [int(v) for v in vals] if self.kind == "int" else [round(v, 12) for v in vals]
+
+
+def _get(raw: dict, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return raw[section][name]
+
+
+def _field_type(key: str) -> Any:
+    """The config schema's type for a dotted key, or None when there is no such key."""
+    section, _, name = key.partition(".")
+    cls_hints = typing.get_type_hints(JobConfig)
+    if section not in cls_hints or not dataclasses.is_dataclass(cls_hints[section]) or not name:
+        return None
+    return typing.get_type_hints(cls_hints[section]).get(name)
+
+
+def _kind(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal or tp is str or tp is bool:
+        return "categorical"
+    if tp is int or (typing.get_origin(tp) is list and typing.get_args(tp) == (int,)):
+        return "int"
+    if tp is float:
+        return "float"
+    return ""
+
+
+def _to_config_value(key: str, value: Any) -> Any:
+    """The value as the config stores it: `model.layers` 128 -> [128], ints stay ints."""
+    tp = _field_type(key)
+    if typing.get_origin(tp) is list:
+        return value if isinstance(value, list) else [int(value)]
+    return value
+
+
+def parse_space(raw: Any, where: str, cfg: JobConfig) -> list[Param]:
+    """Validate a space mapping against the config schema; conditional parameters come last."""
+    if not isinstance(raw, dict):
+        raise SbrjobError(f"{where}: a search space is a mapping of config keys (e.g. train.lr) to ranges")
+    base = cfg.to_dict()
+    params: list[Param] = []
+    for key, spec in raw.items():
+        key = str(key)
+        tp = _field_type(key)
+        if tp is None or key.partition(".")[0] not in TUNABLE_SECTIONS:
+            raise SbrjobError(f"{where}: {key}: unknown key; the space takes dotted keys of the "
+                              f"{', '.join(TUNABLE_SECTIONS)} sections, e.g. train.lr")
+        kind = _kind(tp)
+        if spec is None or not isinstance(spec, dict):
+            continue  # null = keep the config's value; a plain value = pinned (applied in resolve_space)
+        unknown = sorted(set(spec) - set(SPEC_FIELDS))
+        if unknown:
+            raise SbrjobError(f"{where}: {key}: unknown field(s) {unknown}; use {', '.join(SPEC_FIELDS)}")
+        when = spec.get("when") or {}
+        if not isinstance(when, dict):
+            raise SbrjobError(f"{where}: {key}.when: expected a mapping such as {{train.loss: bpr-max}}")
+        for wkey in when:
+            if _field_type(str(wkey)) is None:
+                raise SbrjobError(f"{where}: {key}.when: {wkey}: unknown config key")
+        cond = tuple((str(k), tuple(v if isinstance(v, list) else [v])) for k, v in when.items())
+        if "choices" in spec:
+            choices = spec["choices"]
+            if not isinstance(choices, list) or not choices or {"low", "high", "log", "step"} & set(spec):
+                raise SbrjobError(f"{where}: {key}: choices must be a non-empty list (and no low/high)")
+            params.append(Param(key, "categorical", choices=tuple(choices), when=cond))
+            continue
+        if kind == "categorical":
+            raise SbrjobError(f"{where}: {key}: takes a list of choices, e.g. {{choices: [...]}}")
+        if kind == "" or "low" not in spec or "high" not in spec:
+            raise SbrjobError(f"{where}: {key}: give a range {{low: .., high: ..}} (optionally log, step)")
+        low, high, step, log = spec["low"], spec["high"], spec.get("step"), bool(spec.get("log", False))
+        nums = [v for v in (low, high, step) if v is not None]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in nums):
+            raise SbrjobError(f"{where}: {key}: low, high and step must be numbers")
+        if kind == "int" and any(float(v) != int(v) for v in nums):
+            raise SbrjobError(f"{where}: {key}: is an integer setting; low, high and step must be integers")
+        if not low < high:
+            raise SbrjobError(f"{where}: {key}: low ({low}) must be below high ({high})")
+        if log and (low <= 0 or step is not None):
+            raise SbrjobError(f"{where}: {key}: a log range needs low > 0 and no step")
+        if step is not None and step <= 0:
+            raise SbrjobError(f"{where}: {key}: step must be > 0")
+        if step is not None and abs(round((high - low) / step) * step - (high - low)) > 1e-9:
+            raise SbrjobError(f"{where}: {key}: high - low must be a multiple of step {step}")
+        cast = int if kind == "int" else float
+        params.append(Param(key, kind, cast(low), cast(high), log,
+                            None if step is None else cast(step), when=cond))
+    conditional = {p.key for p in params if p.when}
+    for p in params:
+        for wkey, _ in p.when:
+            if wkey in conditional:
+                raise SbrjobError(f"{where}: {p.key}.when: {wkey} is itself conditional; "
+                                  "conditions may only name unconditional keys")
+    # Every bound and choice must make a valid config: a range that cannot work fails now, not at trial 37.
+    for p in params:
+        for value in (p.choices or (p.low, p.high)):
+            trial_raw = _with_values(base, {p.key: value})
+            try:
+                parse_config(trial_raw, f"{where}: {p.key}={value!r}")
+            except SbrjobError as err:
+                raise SbrjobError(f"{err} (adjust the range)") from None
+    return sorted(params, key=lambda p: bool(p.when))
+
+
+def pinned_values(raw: dict) -> dict[str, Any]:
+    """Plain values in a space file: fixed for every trial."""
+    return {str(k): v for k, v in raw.items() if v is not None and not isinstance(v, dict)}
+
+
+def resolve_space(cfg: JobConfig, space_file: Optional[str] = None) -> tuple[list[Param], dict[str, Any]]:
+    """The default space, overridden key by key by a space file; returns (params, pinned values)."""
+    raw = dict(DEFAULT_SPACE)
+    where = "default search space"
+    if space_file:
+        try:
+            text = storage.read_text(space_file)
+        except (OSError, FileNotFoundError) as err:
+            raise SbrjobError(f"{space_file}: cannot read search space ({err})") from None
+        try:
+            over = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark else ""
+            raise SbrjobError(f"{space_file}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(over, dict):
+            raise SbrjobError(f"{space_file}: a search space is a mapping of config keys to ranges")
+        raw.update(over)
+        where = space_file
+    params = parse_space(raw, where, cfg)
+    pinned = pinned_values(raw)
+    if pinned:
+        parse_config(_with_values(cfg.to_dict(), pinned), f"{where} (pinned values)")
+    return params, pinned
+
+
+def _with_values(base: dict, values: dict[str, Any]) -> dict:
+    raw = json.loads(json.dumps(base))  # deep copy of plain data
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        raw[section][name] = _to_config_value(key, value)
+    return raw
+
+
+def trial_config(cfg: JobConfig, values: dict[str, Any], output_dir: str) -> JobConfig:
+    """`cfg` with the trial's values applied, writing to its own output_dir."""
+    raw = _with_values(cfg.to_dict(), values)
+    raw["output_dir"] = output_dir
+    return parse_config(raw, f"trial config {output_dir}")
+
+
+def suggest(trial, params: list[Param], cfg: JobConfig, pinned: dict[str, Any]) -> dict[str, Any]:
+    """Ask Optuna for one value per active parameter (conditions read from the config so far)."""
+    values = dict(pinned)
+    raw = _with_values(cfg.to_dict(), values)
+    for p in params:
+        if not p.is_active(raw):
+            continue
+        if p.kind == "categorical":
+            v = trial.suggest_categorical(p.key, list(p.choices))
+        elif p.kind == "int":
+            v = trial.suggest_int(p.key, p.low, p.high, step=p.step or 1, log=p.log)
+        else:
+            v = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
+        values[p.key] = v
+        raw = _with_values(raw, {p.key: v})
+    return values
+
+
+# ---------------------------------------------------------------- reading a trial's metrics
+
+
+def _metric_key(metric: str) -> tuple[str, int]:
+    name, _, k = metric.partition("@")
+    return name, int(k)
+
+
+def summarize_metrics(metrics: dict, metric: str) -> dict[str, Any]:
+    """Best validation value of `metric` over epochs, the validation/test metrics, events/s.
+
+    Reads the training contract's metrics.json: `epochs` (per-epoch dicts with `valid`),
+    `best_epoch`, `test`.
+    """
+    epochs = metrics.get("epochs") or []
+    curve = [(int(e.get("epoch", i + 1)), float(e["valid"][metric]))
+             for i, e in enumerate(epochs) if isinstance(e.get("valid"), dict) and metric in e["valid"]]
+    best = metrics.get("best_epoch")
+    valid = metrics.get("valid")
+    if not isinstance(valid, dict) and epochs:
+        chosen = [e for e in epochs if e.get("epoch") == best] or epochs[-1:]
+        valid = chosen[0].get("valid")
+    valid = valid if isinstance(valid, dict) else {}
+    if metric in valid:
+        value = float(valid[metric])
+    elif curve:
+        value = max(v for _, v in curve)
+    else:
+        raise SbrjobError(f"metrics.json has no validation {metric}: is the validation split empty? "
+                          "tune needs split.valid_fraction > 0 (or valid_days > 0)")
+    rates = [e.get("events_per_s") for e in epochs if e.get("events_per_s")]
+    eps = metrics.get("events_per_s") or (sum(rates) / len(rates) if rates else None)
+    return {"value": value, "curve": curve, "valid": _numbers(valid), "test": _numbers(metrics.get("test") or {}),
+            "events_per_s": eps, "best_epoch": best, "epochs": len(epochs)}
+
+
+def _numbers(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+# ---------------------------------------------------------------- Vertex AI metric reporting
+
+
+def report_hypertune(metric_id: str, value: float, step: int | None = None) -> str:
+    """Append a measurement the way cloudml-hypertune does (Vertex AI reads this file).
+
+    One JSON object per line; the whole file is rewritten keeping the last 100 entries.
+    """
+    path = Path(os.environ.get("CLOUD_ML_HP_METRIC_FILE", HYPERTUNE_FILE))
+    lines = path.read_text().splitlines() if path.exists() else []
+    entry = {"timestamp": time.time(), "trial": str(os.environ.get("CLOUD_ML_TRIAL_ID", 0)),
+             metric_id: str(float(value)), "global_step": str(int(step or 0)), "checkpoint_path": ""}
+    lines = (lines + [json.dumps(entry, sort_keys=True)])[-100:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def hypertune_metric_id(metric: str) -> str:
+    """A metric id without '@' for the tuning service: mrr@20 -> valid_mrr_at_20."""
+    return "valid_" + metric.replace("@", "_at_")
+
+
+# ---------------------------------------------------------------- sharing prepared data
+
+
+def _share_outputs(cfg: JobConfig, tcfg: JobConfig, cache: str) -> None:
+    """Point the trial at the parent's prepared data and at cached shards with its export settings.
+
+    Locally these are symlinks (free); a trial whose settings do not match simply rebuilds its own
+    (prepare/export check fingerprints). Remote output_dirs prepare per trial.
+    """
+    if storage.is_remote(tcfg.output_dir):
+        return
+    out = Path(tcfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    links = {"data": Path(cfg.data_dir), "shards": Path(cache) / _shards_key(tcfg)}
+    for name, target in links.items():
+        link = out / name
+        if target.is_dir() and not link.exists() and not link.is_symlink():
+            link.symlink_to(target.resolve(), target_is_directory=True)
+
+
+def _shards_key(cfg: JobConfig) -> str:
+    return "shards-" + cfg.section_fingerprint("data", "sessions", "filter", "split", "export")
+
+
+def _cache_shards(tcfg: JobConfig, cache: str) -> None:
+    """Move a trial's freshly exported shards into the cache so later trials can link them."""
+    if storage.is_remote(tcfg.output_dir):
+        return
+    shards, target = Path(tcfg.shards_dir), Path(cache) / _shards_key(tcfg)
+    if shards.is_dir() and not shards.is_symlink() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(shards, target)
+        shards.symlink_to(target.resolve(), target_is_directory=True)
+
+
+# ---------------------------------------------------------------- the local study
+
+
+def _storage_url(tune_dir: str) -> tuple[str, Optional[Path]]:
+    """SQLite URL for the study; for gs:// runs a local working copy synced after every trial."""
+    if not storage.is_remote(tune_dir):
+        Path(tune_dir).mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{Path(tune_dir).resolve() / 'study.db'}", None
+    local = Path(tempfile.mkdtemp(prefix="sbrjob-tune-")) / "study.db"
+    remote = join(tune_dir, "study.db")
+    if storage.exists(remote):
+        local.write_bytes(storage.read_bytes(remote))
+    return f"sqlite:///{local}", local
+
+
+def _train_fn() -> Callable:
+    from sbrjob.train import train
+
+    return train
+
+
+def _run_train(train_fn: Callable, tcfg: JobConfig, on_epoch_end: Callable) -> tuple[dict, bool]:
+    """Run one training; pass the epoch hook when `train` takes one. Returns (metrics, hooked)."""
+    try:
+        hooked = "on_epoch_end" in inspect.signature(train_fn).parameters
+    except (TypeError, ValueError):
+        hooked = False
+    metrics = train_fn(tcfg, on_epoch_end=on_epoch_end) if hooked else train_fn(tcfg)
+    if not isinstance(metrics, dict):
+        metrics = json.loads(storage.read_text(tcfg.metrics_path))
+    return metrics, hooked
+
+
+def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
+         train_fn: Optional[Callable] = None, echo: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the search until `trials` trials have finished; write the reports.
+
+    Returns {"best": {...}, "finished": n, "leaderboard": rows, "files": {...}}.
+    """
+    import optuna
+
+    if trials < 1:
+        raise SbrjobError("--trials must be >= 1")
+    params, pinned = resolve_space(cfg, space)
+    real_training = train_fn is None
+    train_fn = train_fn or _train_fn()
+    tune_dir = join(cfg.output_dir, "tune")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url, local_db = _storage_url(tune_dir)
+    rdb = optuna.storages.RDBStorage(url)
+    study = optuna.create_study(
+        storage=rdb, study_name=cfg.name, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=max(3, min(10, trials // 3))),
+        # "clearly bad": below the lower quartile of earlier trials at the same epoch
+        pruner=optuna.pruners.PercentilePruner(25.0, n_startup_trials=3, n_warmup_steps=0))
+    if study.user_attrs.get("metric", cfg.eval.metric) != cfg.eval.metric:
+        raise SbrjobError(f"{tune_dir}: this study optimised {study.user_attrs['metric']}, not "
+                          f"{cfg.eval.metric}; use another output_dir or remove {tune_dir}")
+    study.set_user_attr("metric", cfg.eval.metric)
+    _retry_interrupted(study, rdb, echo)
+
+    done = _finished(study)
+    todo = max(0, trials - done)
+    echo(f"tune {cfg.name}: {done} trial(s) finished, {todo} to run; optimising validation "
+         f"{cfg.eval.metric} over {', '.join(p.key for p in params)}")
+    if todo and real_training:
+        _prepare_parent(cfg)
+    cache = join(tune_dir, "cache")
+    metric = cfg.eval.metric
+
+    def objective(trial) -> float:
+        values = suggest(trial, params, cfg, pinned)
+        tcfg = trial_config(cfg, values, join(tune_dir, f"trial-{trial.number:03d}"))
+        trial.set_user_attr("output_dir", tcfg.output_dir)
+        _share_outputs(cfg, tcfg, cache)
+        stopped = []
+
+        def on_epoch_end(epoch: int, epoch_metrics: dict) -> bool:
+            value = (epoch_metrics.get("valid") or epoch_metrics).get(metric)
+            if value is None:
+                return False
+            trial.report(float(value), int(epoch))
+            if trial.should_prune():
+                stopped.append(epoch)
+                return True
+            return False
+
+        t0 = time.time()
+        metrics, hooked = _run_train(train_fn, tcfg, on_epoch_end)
+        _cache_shards(tcfg, cache)
+        s = summarize_metrics(metrics, metric)
+        if not hooked:  # intermediate values still inform the pruner about later trials
+            for epoch, v in s["curve"]:
+                trial.report(v, epoch)
+        trial.set_user_attr("valid", s["valid"])
+        trial.set_user_attr("test", s["test"])
+        trial.set_user_attr("events_per_s", s["events_per_s"])
+        trial.set_user_attr("seconds", round(time.time() - t0, 1))
+        trial.set_user_attr("epochs", s["epochs"])
+        trial.set_user_attr("finished", True)
+        if stopped:
+            trial.set_user_attr("pruned_at_epoch", stopped[0])
+            raise optuna.TrialPruned(f"{metric} {s['value']:.4f} after epoch {stopped[0]}")
+        return s["value"]
+
+    def progress(study, trial) -> None:
+        n = _finished(study)
+        state = trial.state.name.lower()
+        value = f"{metric}={trial.value:.4f}" if trial.value is not None else state
+        best = _best(study)
+        best_txt = f"best {best.value:.4f} (trial {best.number})" if best else "no complete trial yet"
+        params_txt = " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in trial.params.items())
+        echo(f"[{n}/{trials}] trial {trial.number:03d} {state:8s} {value}  {best_txt}  "
+             f"{trial.user_attrs.get('seconds', '?')}s  {params_txt}")
+        if local_db is not None:
+            storage.write_bytes(join(tune_dir, "study.db"), local_db.read_bytes())
+
+    if todo:
+        study.optimize(objective, n_trials=todo, callbacks=[progress], gc_after_trial=True)
+    return write_reports(study, cfg, tune_dir, echo)
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and t.user_attrs.get("finished")))
+
+
+def _best(study):
+    from optuna.trial import TrialState
+
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+def _retry_interrupted(study, rdb, echo) -> None:
+    """Trials killed mid-run (left RUNNING) or stopped by an error are run again, once, same values."""
+    from optuna.trial import TrialState
+
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    for t in study.trials:
+        if t.state == TrialState.RUNNING:
+            rdb.set_trial_state_values(t._trial_id, TrialState.FAIL)  # only one tune runs per output_dir
+        if t.state in (TrialState.RUNNING, TrialState.FAIL) and not t.user_attrs.get("finished") \
+                and t.number not in retried and "retry_of" not in t.user_attrs and t.params:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
+            echo(f"trial {t.number:03d} was interrupted: it runs again with the same values")
+
+
+def _prepare_parent(cfg: JobConfig) -> None:
+    """Prepare the data once in the parent run; trials link to it instead of preparing again."""
+    from sbrjob.prepare import ensure_prepared
+
+    ensure_prepared(cfg)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+# ---------------------------------------------------------------- reports
+
+
+def leaderboard(study, metric: str) -> list[dict]:
+    """One row per trial, best validation value first (pruned and failed trials last)."""
+    _, k = _metric_key(metric)
+    rows = []
+    for t in study.trials:
+        valid, test = t.user_attrs.get("valid", {}), t.user_attrs.get("test", {})
+        row = {"trial": t.number, "state": t.state.name.lower(), f"valid_{metric}": t.value}
+        for split, m in (("valid", valid), ("test", test)):
+            for name in ("recall", "mrr", "ndcg"):
+                if f"{name}@{k}" in m:
+                    row[f"{split}_{name}@{k}"] = m[f"{name}@{k}"]
+        row["events_per_s"] = t.user_attrs.get("events_per_s")
+        row["seconds"] = t.user_attrs.get("seconds")
+        row["epochs"] = t.user_attrs.get("epochs")
+        row.update({k2: v for k2, v in t.params.items()})
+        row["output_dir"] = t.user_attrs.get("output_dir")
+        rows.append(row)
+    rank = {"complete": 0, "pruned": 1}
+    rows.sort(key=lambda r: (rank.get(r["state"], 2), -(r[f"valid_{metric}"] or -math.inf), r["trial"]))
+    return rows
+
+
+def _table(rows: list[dict], limit: int = 20) -> str:
+    if not rows:
+        return "(no trials)"
+    cols = [c for c in rows[0] if c != "output_dir"]
+    for r in rows:
+        cols += [c for c in r if c not in cols and c != "output_dir"]
+    cells = [[c.replace("train.", "").replace("model.", "").replace("export.", "") for c in cols]]
+    for r in rows[:limit]:
+        cells.append(["-" if r.get(c) is None else _fmt(r[c]) for c in cols])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in cells]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in leaderboard.csv")
+    return "\n".join(lines)
+
+
+def _csv(rows: list[dict]) -> str:
+    import csv
+
+    cols: list[str] = []
+    for r in rows:
+        cols += [c for c in r if c not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def best_config_yaml(cfg: JobConfig, trial, tune_dir: str) -> str:
+    """The parent config with the best trial's values, training into OUTPUT_DIR/tuned."""
+    values = {k: v for k, v in trial.params.items()}
+    best = trial_config(cfg, values, join(cfg.output_dir, "tuned"))
+    header = (f"# Best of `sbrjob tune` on {cfg.name}: trial {trial.number:03d}, validation "
+              f"{cfg.eval.metric} {trial.value:.4f} ({trial.user_attrs.get('output_dir')}).\n"
+              f"# Train it with: sbrjob train --config {join(tune_dir, 'best.yaml')}\n")
+    return header + dump_config(best)
+
+
+def plot(study, metric: str) -> bytes:
+    """Optimisation history and parameter importances as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.trial import TrialState
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    if done:
+        ax1.scatter([t.number for t in done], [t.value for t in done], label="complete", color="C0")
+        best, xs, ys = -math.inf, [], []
+        for t in sorted(done, key=lambda t: t.number):
+            best = max(best, t.value)
+            xs.append(t.number)
+            ys.append(best)
+        ax1.step(xs, ys, where="post", color="C1", label="best so far")
+    if pruned:
+        ax1.scatter([t.number for t in pruned],
+                    [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+                    marker="x", color="C3", label="pruned (last epoch seen)")
+    ax1.set(title="Optimisation history", xlabel="trial", ylabel=f"validation {metric}")
+    if done or pruned:
+        ax1.legend(loc="lower right")
+    importances: dict[str, float] = {}
+    reason = f"parameter importances need >= 2 complete trials ({len(done)} so far)"
+    if len(done) >= 2:
+        try:
+            # PED-ANOVA: Optuna's default, deterministic, no scikit-learn needed (fANOVA needs it)
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        except (RuntimeError, ValueError) as err:  # e.g. no parameter varied between trials
+            reason = f"importances unavailable: {str(err).splitlines()[0][:80]}"
+    if importances:
+        names = list(importances)[::-1]
+        ax2.barh(names, [importances[n] for n in names], color="C2")
+        ax2.set(title="Parameter importance (PED-ANOVA)", xlabel="importance")
+    else:
+        ax2.text(0.5, 0.5, reason, ha="center", va="center", wrap=True, transform=ax2.transAxes)
+        ax2.set_axis_off()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_reports(study, cfg: JobConfig, tune_dir: str, echo: Callable[[str], None] = print) -> dict:
+    """Leaderboard (printed, CSV, JSON), best.yaml and the history/importance plot."""
+    metric = cfg.eval.metric
+    rows = leaderboard(study, metric)
+    files = {"leaderboard_csv": join(tune_dir, "leaderboard.csv"),
+             "leaderboard_json": join(tune_dir, "leaderboard.json"),
+             "plot": join(tune_dir, "tune_report.png")}
+    storage.write_text(files["leaderboard_csv"], _csv(rows))
+    storage.write_text(files["leaderboard_json"], json.dumps(rows, indent=2, default=str))
+    storage.write_bytes(files["plot"], plot(study, metric))
+    best = _best(study)
+    summary: dict[str, Any] = {"finished": _finished(study), "leaderboard": rows, "files": files, "best": None}
+    echo(_table(rows))
+    if best is not None:
+        files["best_config"] = join(tune_dir, "best.yaml")
+        storage.write_text(files["best_config"], best_config_yaml(cfg, best, tune_dir))
+        summary["best"] = {"trial": best.number, f"valid_{metric}": best.value, "params": best.params,
+                           "test": best.user_attrs.get("test", {}), "output_dir": best.user_attrs.get("output_dir")}
+        echo(f"best: trial {best.number:03d} validation {metric} {best.value:.4f} -> {files['best_config']}")
+    else:
+        echo("no trial completed: no best.yaml written")
+    echo(f"leaderboard: {files['leaderboard_csv']}  plot: {files['plot']}")
+    return summary
+
+
+# ---------------------------------------------------------------- Vertex AI hyperparameter tuning
+
+
+def _vertex_param(p: Param) -> dict:
+    spec: dict[str, Any] = {"parameterId": p.key}
+    numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p.choices)
+    if p.kind == "categorical" and not (p.choices and numeric):
+        spec["categoricalValueSpec"] = {"values": [str(c) for c in p.choices]}
+        return spec
+    if p.choices:
+        spec["discreteValueSpec"] = {"values": sorted(float(c) for c in p.choices)}
+    elif p.step is not None:
+        spec["discreteValueSpec"] = {"values": [float(v) for v in p.grid()]}
+    elif p.kind == "int":
+        spec["integerValueSpec"] = {"minValue": str(int(p.low)), "maxValue": str(int(p.high))}  # int64 as JSON string
+    else:
+        spec["doubleValueSpec"] = {"minValue": p.low, "maxValue": p.high}
+    spec["scaleType"] = "UNIT_LOG_SCALE" if p.log else "UNIT_LINEAR_SCALE"
+    return spec
+
+
+def vertex_study_parameters(cfg: JobConfig, params: list[Param], pinned: dict[str, Any]) -> list[dict]:
+    """The space as StudySpec.parameters; `when` on a searched key becomes a conditional child spec,
+    `when` on a fixed key is decided here from the config."""
+    by_key = {p.key: p for p in params}
+    raw = _with_values(cfg.to_dict(), pinned)
+    top: dict[str, dict] = {}
+    for p in params:
+        searched = [(k, allowed) for k, allowed in p.when if k in by_key]
+        if any(_get(raw, k) not in allowed for k, allowed in p.when if k not in by_key):
+            continue  # inactive for this config (e.g. bpreg when the loss is xe)
+        if not searched:
+            top[p.key] = _vertex_param(p)
+            continue
+        if len(searched) > 1:
+            raise SbrjobError(f"{p.key}: Vertex AI allows one parent per conditional parameter")
+        parent_key, allowed = searched[0]
+        parent = top[parent_key]
+        if "categoricalValueSpec" in parent:
+            cond = {"parentCategoricalValues": {"values": [str(a) for a in allowed]}}
+        elif "discreteValueSpec" in parent:
+            cond = {"parentDiscreteValues": {"values": [float(a) for a in allowed]}}
+        elif "integerValueSpec" in parent:
+            cond = {"parentIntValues": {"values": [str(int(a)) for a in allowed]}}
+        else:
+            raise SbrjobError(f"{p.key}: Vertex AI cannot condition on a continuous parameter ({parent_key})")
+        parent.setdefault("conditionalParameterSpecs", []).append({"parameterSpec": _vertex_param(p), **cond})
+    return list(top.values())
+
+
+def trial_command(config: str, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Container command and args of one cloud trial; Vertex AI appends --<parameterId>=<value>."""
+    args = ["--config", config]
+    for o in overrides:
+        args += ["--set", o]
+    return ["python", "-m", "sbrjob.tune"], args
+
+
+def vertex_tuning_job(config: str, cfg: JobConfig, trials: int, *, space: Optional[str] = None,
+                      overrides: Optional[list[str]] = None, parallel: int = 1, max_failed: int = 0,
+                      **job_options: Any) -> dict:
+    """A Vertex AI HyperparameterTuningJob for the same search (`sbrjob tune --dry-run` prints it).
+
+    `job_options` (image, accelerator, replicas, region, project, ...) go to the CustomJob spec
+    builder that `sbrjob submit` uses; every trial runs `python -m sbrjob.tune` (see cloud_trial).
+    """
+    params, pinned = resolve_space(cfg, space)
+    if not storage.is_remote(cfg.output_dir):
+        raise SbrjobError(f"output_dir {cfg.output_dir!r} is local: cloud trials must write to gs://, "
+                          "e.g. --set output_dir=gs://BUCKET/runs/" + cfg.name)
+    pinned_sets = [f"{k}={json.dumps(_to_config_value(k, v))}" for k, v in pinned.items()]
+    command, args = trial_command(config, list(overrides or []) + pinned_sets)
+    trial_spec = _custom_job_spec(cfg, command, args, **job_options)
+    return {
+        "displayName": f"sbrjob-tune-{cfg.name}",
+        "maxTrialCount": trials,
+        "parallelTrialCount": parallel,
+        "maxFailedTrialCount": max_failed,
+        "studySpec": {
+            "metrics": [{"metricId": hypertune_metric_id(cfg.eval.metric), "goal": "MAXIMIZE"}],
+            "parameters": vertex_study_parameters(cfg, params, pinned),
+            "algorithm": "ALGORITHM_UNSPECIFIED",  # Vertex AI's default Bayesian optimisation
+            "measurementSelectionType": "BEST_MEASUREMENT",  # best epoch, as the local study
+            # the service's counterpart of pruning: stop trials below the median at the same epoch
+            "medianAutomatedStoppingSpec": {"useElapsedDuration": False},
+        },
+        "trialJobSpec": trial_spec,
+    }
+
+
+def _custom_job_spec(cfg: JobConfig, command: list[str], args: list[str], *, image: str,
+                     accelerator: str = "gpu", replicas: int = 1, **_: Any) -> dict:
+    machine = {"cpu": {"machineType": "n1-standard-8"},
+               "gpu": {"machineType": "n1-standard-8", "acceleratorType": "NVIDIA_TESLA_T4",
+                       "acceleratorCount": replicas}}.get(accelerator)
+    if machine is None:
+        raise SbrjobError(f"--accelerator {accelerator!r}: tuning trials run on cpu or gpu")
+    return {"workerPoolSpecs": [{"machineSpec": machine, "replicaCount": 1,
+                                 "containerSpec": {"imageUri": image, "command": command, "args": args}}],
+            "baseOutputDirectory": {"outputUriPrefix": join(cfg.output_dir, "tune")}}
+
+
+def _parse_trial_args(argv: list[str]) -> tuple[str, list[str], dict[str, str]]:
+    """--config X, --set k=v (repeatable) and the service's --section.key=value / --section.key value."""
+    config, overrides, values = None, [], {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise SbrjobError(f"unexpected argument {arg!r}")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv):
+                raise SbrjobError(f"{arg}: missing value")
+            value, i = argv[i + 1], i + 1
+        if name == "config":
+            config = value
+        elif name == "set":
+            overrides.append(value)
+        elif _field_type(name) is not None:
+            values[name] = value
+        else:
+            raise SbrjobError(f"--{name}: unknown option; expected --config, --set or a config key such as --train.lr")
+        i += 1
+    if not config:
+        raise SbrjobError("--config is required")
+    return config, overrides, values
+
+
+def _typed(key: str, text: str) -> Any:
+    kind = _kind(_field_type(key))
+    if kind == "int":
+        return int(float(text))  # discrete values arrive as "128.0"
+    if kind == "float":
+        return float(text)
+    return text
+
+
+def cloud_trial(argv: list[str], train_fn: Optional[Callable] = None) -> dict:
+    """One Vertex AI trial: train with the service's values, report the validation metric per epoch
+    and the best one at the end (cloudml-hypertune file convention)."""
+    from sbrjob.config import load_config
+
+    config, overrides, values = _parse_trial_args(argv)
+    cfg = load_config(config, overrides)
+    trial_id = os.environ.get("CLOUD_ML_TRIAL_ID", "0")
+    tcfg = trial_config(cfg, {k: _typed(k, v) for k, v in values.items()},
+                        join(cfg.output_dir, "tune", f"trial-{int(trial_id):03d}" if trial_id.isdigit() else f"trial-{trial_id}"))
+    metric, metric_id = cfg.eval.metric, hypertune_metric_id(cfg.eval.metric)
+
+    def on_epoch_end(epoch: int, epoch_metrics: dict) -> bool:
+        value = (epoch_metrics.get("valid") or epoch_metrics).get(metric)
+        if value is not None:
+            report_hypertune(metric_id, value, epoch)
+        return False  # the service stops trials itself
+
+    metrics, hooked = _run_train(train_fn or _train_fn(), tcfg, on_epoch_end)
+    s = summarize_metrics(metrics, metric)
+    if not hooked:
+        for epoch, v in s["curve"]:
+            report_hypertune(metric_id, v, epoch)
+    report_hypertune(metric_id, s["value"], (s["best_epoch"] or s["epochs"] or 0))
+    return {"trial": trial_id, "output_dir": tcfg.output_dir, metric_id: s["value"]}
+
+
+def _main(argv: list[str]) -> int:
+    import sys
+
+    try:
+        print(json.dumps(cloud_trial(argv)))
+    except SbrjobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main(sys.argv[1:]))

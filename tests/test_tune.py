@@ -1,0 +1,253 @@
+"""`sbrjob tune`: the Optuna study, resuming, pruning, the space file, reports and the cloud spec.
+
+Most tests drive the study with a small stand-in for `train` whose validation score is a known
+function of the trial's values, so the study logic (what is optimised, what is counted, what is
+written) is checked exactly and fast; `test_tiny_study_with_real_training` runs real training.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from sbrjob import tune as T
+from sbrjob.cli import app
+from sbrjob.config import load_config
+from sbrjob.errors import SbrjobError
+
+
+def tiny(tmp_path: Path, *extra: str):
+    return load_config("tiny", [f"output_dir={tmp_path / 'run'}", *extra])
+
+
+class FakeTrain:
+    """Writes a metrics.json like train does; valid score = score(cfg), test score = 1 - valid."""
+
+    def __init__(self, score, interrupt_at: int | None = None):
+        self.score, self.interrupt_at, self.calls = score, interrupt_at, []
+
+    def __call__(self, cfg, reexport=False, on_epoch_end=None):
+        self.calls.append(cfg)
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        q, epochs = self.score(cfg), []
+        for e in range(1, cfg.train.epochs + 1):
+            valid = {"recall@20": min(1.0, 2 * q * e / cfg.train.epochs), "mrr@20": q * e / cfg.train.epochs}
+            epochs.append({"epoch": e, "valid": valid, "events_per_s": 1000.0 * e})
+            if on_epoch_end is not None and on_epoch_end(e, {"valid": valid}):
+                break
+        best = max(epochs, key=lambda r: r["valid"]["mrr@20"])
+        metrics = {"epochs": epochs, "best_epoch": best["epoch"],
+                   "test": {"recall@20": 1 - q, "mrr@20": 1 - q}}
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+
+def lr_score(cfg):
+    return cfg.train.lr  # higher learning rate = better validation (and worse test, by construction)
+
+
+def write_space(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "space.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_three_trial_study_reports_and_optimises_validation_only(tmp_path):
+    cfg = tiny(tmp_path)
+    fake = FakeTrain(lr_score)
+    out = T.tune(cfg, trials=3, train_fn=fake, echo=lambda s: None)
+    tune_dir = tmp_path / "run" / "tune"
+
+    assert len(fake.calls) == 3 and out["finished"] == 3
+    dirs = sorted(Path(c.output_dir).name for c in fake.calls)
+    assert dirs == ["trial-000", "trial-001", "trial-002"]
+    assert all((tune_dir / d / "metrics.json").exists() for d in dirs)
+    # each trial ran with the values the study suggested for it
+    study = optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{tune_dir / 'study.db'}")
+    for t, c in zip(study.trials, fake.calls):
+        assert c.train.lr == pytest.approx(t.params["train.lr"])
+        assert c.model.layers == [t.params["model.layers"]]
+        assert c.export.batch_size == t.params["export.batch_size"]
+        assert "train.bpreg" not in t.params  # xe loss: bpreg is not part of its space
+    # the best is chosen by validation (highest lr) although its test score is the lowest
+    best_lr = max(c.train.lr for c in fake.calls)
+    assert out["best"]["params"]["train.lr"] == pytest.approx(best_lr)
+    assert out["best"]["test"]["mrr@20"] == pytest.approx(1 - best_lr)
+
+    rows = list(csv.DictReader((tune_dir / "leaderboard.csv").open()))
+    assert [float(r["valid_mrr@20"]) for r in rows] == sorted((c.train.lr for c in fake.calls), reverse=True)
+    assert {"test_mrr@20", "test_recall@20", "valid_recall@20", "events_per_s", "train.lr"} <= set(rows[0])
+    assert float(rows[0]["events_per_s"]) == pytest.approx(1500.0)  # mean over the 2 epochs
+    assert json.loads((tune_dir / "leaderboard.json").read_text())[0]["trial"] == out["best"]["trial"]
+    assert (tune_dir / "tune_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    best = load_config(str(tune_dir / "best.yaml"))
+    assert best.train.lr == pytest.approx(best_lr)
+    assert best.output_dir == str(tmp_path / "run" / "tuned")
+    assert (best.data, best.split, best.eval) == (cfg.data, cfg.split, cfg.eval)
+
+
+def test_resume_counts_finished_trials_and_reruns_the_interrupted_one(tmp_path):
+    cfg = tiny(tmp_path)
+    first = FakeTrain(lr_score, interrupt_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        T.tune(cfg, trials=4, train_fn=first, echo=lambda s: None)
+    assert len(first.calls) == 3
+    interrupted_lr = first.calls[2].train.lr
+
+    second = FakeTrain(lr_score)
+    out = T.tune(cfg, trials=4, train_fn=second, echo=lambda s: None)
+    # 2 finished before: 2 more run, the first of them with the interrupted trial's values
+    assert len(second.calls) == 2 and out["finished"] == 4
+    assert second.calls[0].train.lr == pytest.approx(interrupted_lr)
+
+    third = FakeTrain(lr_score)
+    T.tune(cfg, trials=4, train_fn=third, echo=lambda s: None)
+    assert third.calls == []  # already done: only the reports are rewritten
+    states = [r["state"] for r in json.loads((tmp_path / "run/tune/leaderboard.json").read_text())]
+    assert states.count("complete") == 4 and states.count("fail") == 1
+
+
+def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path):
+    cfg = tiny(tmp_path, "train.epochs=4")
+    space = write_space(tmp_path, "train.lr: {low: 0.01, high: 0.5}\n" + "".join(
+        f"{k}: null\n" for k in T.DEFAULT_SPACE if k != "train.lr"))
+    study = optuna.create_study(study_name=cfg.name, direction="maximize",
+                                storage=f"sqlite:///{_mk(tmp_path / 'run/tune')}/study.db")
+    for lr in (0.3, 0.25, 0.2, 0.011):
+        study.enqueue_trial({"train.lr": lr})
+    fake = FakeTrain(lr_score)
+    out = T.tune(cfg, trials=4, space=space, train_fn=fake, echo=lambda s: None)
+    epochs_run = [len(json.loads((Path(c.output_dir) / "metrics.json").read_text())["epochs"]) for c in fake.calls]
+    assert epochs_run == [4, 4, 4, 1]
+    last = [r for r in out["leaderboard"] if r["trial"] == 3][0]
+    assert last["state"] == "pruned"
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def test_space_file_overrides_default_key_by_key(tmp_path):
+    cfg = tiny(tmp_path, "train.loss=bpr-max")
+    params, pinned = T.resolve_space(cfg, write_space(tmp_path, (
+        "train.lr: {low: 0.02, high: 0.08, log: true}\n"
+        "model.dropout_embedding: 0.1\n"
+        "train.momentum: null\n"
+        "train.loss: {choices: [xe, bpr-max]}\n")))
+    by_key = {p.key: p for p in params}
+    assert (by_key["train.lr"].low, by_key["train.lr"].high, by_key["train.lr"].log) == (0.02, 0.08, True)
+    assert "train.momentum" not in by_key and "model.dropout_embedding" not in by_key
+    assert pinned == {"model.dropout_embedding": 0.1}
+    assert by_key["model.layers"].kind == "int" and by_key["train.loss"].kind == "categorical"
+    assert params[-1].when  # conditional parameters are suggested after the keys they depend on
+
+    # defaults per loss: bpreg only for BPR-max, no sample_alpha for full softmax
+    assert "train.bpreg" in {p.key for p in params if p.is_active(cfg.to_dict())}
+    softmax = tiny(tmp_path, "train.loss=softmax").to_dict()
+    active = {p.key for p in T.resolve_space(tiny(tmp_path, "train.loss=softmax"))[0] if p.is_active(softmax)}
+    assert "train.sample_alpha" not in active and "train.bpreg" not in active and "train.lr" in active
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("train.lrate: {low: 0.01, high: 0.1}\n", "train.lrate: unknown key"),
+    ("split.test_fraction: {low: 0.1, high: 0.2}\n", "split.test_fraction: unknown key"),
+    ("train.lr: {low: 0.01, hi: 0.1}\n", "train.lr: unknown field(s) ['hi']"),
+    ("train.lr: {low: 0.2, high: 0.1}\n", "train.lr: low (0.2) must be below high (0.1)"),
+    ("model.dropout_hidden: {low: 0.0, high: 1.0}\n", "model.dropout_hidden"),
+    ("export.batch_size: {low: 32, high: 100.5}\n", "integer setting"),
+    ("train.loss: {low: 0, high: 1}\n", "choices"),
+    ("train.bpreg: {low: 0, high: 2, when: {train.los: bpr-max}}\n", "train.los: unknown config key"),
+    ("- train.lr\n", "mapping"),
+    ("train.lr: [0.01\n", "not valid YAML"),
+])
+def test_space_file_errors_name_the_file_and_key(tmp_path, text, expected):
+    path = write_space(tmp_path, text)
+    with pytest.raises(SbrjobError) as err:
+        T.resolve_space(tiny(tmp_path), path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cloud_trial_writes_the_hypertune_metric_file(tmp_path, monkeypatch):
+    metric_file = tmp_path / "hp" / "output.metrics"
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(metric_file))
+    monkeypatch.setenv("CLOUD_ML_TRIAL_ID", "7")
+    fake = FakeTrain(lr_score)
+    out = T.cloud_trial(["--config", "tiny", "--set", f"output_dir={tmp_path / 'run'}",
+                         "--train.lr=0.05", "--model.layers", "96.0", "--train.loss=bpr-max"], train_fn=fake)
+    (cfg,) = fake.calls
+    assert (cfg.train.lr, cfg.model.layers, cfg.train.loss) == (0.05, [96], "bpr-max")
+    assert cfg.output_dir == str(tmp_path / "run" / "tune" / "trial-007")
+    lines = [json.loads(line) for line in metric_file.read_text().splitlines()]
+    # one measurement per epoch, then the best validation value (what the service optimises)
+    assert [line["global_step"] for line in lines] == ["1", "2", "2"]
+    assert all(line["trial"] == "7" and set(line) == {"timestamp", "trial", "valid_mrr_at_20", "global_step",
+                                                      "checkpoint_path"} for line in lines)
+    assert float(lines[-1]["valid_mrr_at_20"]) == pytest.approx(0.05) == out["valid_mrr_at_20"]
+    with pytest.raises(SbrjobError, match="--train.lrate: unknown option"):
+        T.cloud_trial(["--config", "tiny", "--train.lrate=0.1"], train_fn=fake)
+
+
+def test_hypertune_file_keeps_the_last_100_entries(tmp_path, monkeypatch):
+    path = tmp_path / "m"
+    monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(path))
+    for step in range(105):
+        T.report_hypertune("valid_mrr_at_20", step / 1000, step)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 100 and json.loads(lines[0])["global_step"] == "5"
+
+
+def test_dry_run_prints_a_vertex_tuning_job(tmp_path):
+    space = write_space(tmp_path, "train.loss: {choices: [xe, bpr-max]}\nmodel.dropout_embedding: 0.25\n")
+    result = CliRunner().invoke(app, ["tune", "-c", "tiny", "--set", "output_dir=gs://bucket/runs/tiny",
+                                      "--trials", "40", "--space", space, "--dry-run", "--image", "img:1",
+                                      "--parallel", "4"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.output)
+    assert (job["maxTrialCount"], job["parallelTrialCount"]) == (40, 4)
+    study = job["studySpec"]
+    assert study["metrics"] == [{"metricId": "valid_mrr_at_20", "goal": "MAXIMIZE"}]
+    params = {p["parameterId"]: p for p in study["parameters"]}
+    assert params["train.lr"]["doubleValueSpec"] == {"minValue": 0.01, "maxValue": 0.25}
+    assert params["train.lr"]["scaleType"] == "UNIT_LOG_SCALE"
+    assert params["export.batch_size"]["discreteValueSpec"]["values"][:3] == [32.0, 48.0, 64.0]
+    # loss-specific parameters become conditional children of the loss
+    children = {c["parameterSpec"]["parameterId"]: c for c in params["train.loss"]["conditionalParameterSpecs"]}
+    assert set(children) == {"train.bpreg", "train.sample_alpha"}
+    assert children["train.bpreg"]["parentCategoricalValues"] == {"values": ["bpr-max"]}
+    assert children["train.sample_alpha"]["parentCategoricalValues"] == {"values": ["xe", "bpr-max", "top1-max"]}
+    assert "train.bpreg" not in params and "model.dropout_embedding" not in params
+    container = job["trialJobSpec"]["workerPoolSpecs"][0]["containerSpec"]
+    assert container["imageUri"] == "img:1"
+    assert container["command"] == ["python", "-m", "sbrjob.tune"]
+    assert container["args"] == ["--config", "tiny", "--set", "output_dir=gs://bucket/runs/tiny",
+                                 "--set", "model.dropout_embedding=0.25"]
+    # what the service will append parses back into a trial
+    config, overrides, values = T._parse_trial_args(container["args"] + ["--train.bpreg=1.5"])
+    assert (config, values) == ("tiny", {"train.bpreg": "1.5"})
+
+
+def test_dry_run_refuses_a_local_output_dir(tmp_path):
+    result = CliRunner().invoke(app, ["tune", "-c", "tiny", "--set", f"output_dir={tmp_path}",
+                                      "--dry-run", "--image", "img:1"])
+    assert result.exit_code != 0 and "gs://" in str(result.exception)
+
+
+def test_fixed_loss_decides_conditionals_in_the_vertex_spec(tmp_path):
+    cfg = tiny(tmp_path, "output_dir=gs://b/r", "train.loss=bpr-max")
+    job = T.vertex_tuning_job("tiny", cfg, 10, image="img")
+    ids = [p["parameterId"] for p in job["studySpec"]["parameters"]]
+    assert "train.bpreg" in ids and "train.sample_alpha" in ids
+    xe = T.vertex_tuning_job("tiny", tiny(tmp_path, "output_dir=gs://b/r"), 10, image="img")
+    assert "train.bpreg" not in [p["parameterId"] for p in xe["studySpec"]["parameters"]]
