@@ -62,14 +62,6 @@ def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, spli
     return manifest
 
 
-def _data_manifest(data_dir: str) -> dict:
-    path = join(data_dir, "manifest.json")
-    try:
-        return json.loads(storage.read_text(path))
-    except (FileNotFoundError, json.JSONDecodeError) as err:
-        raise SbrjobError(f"{path}: cannot read the prepared data's manifest ({err}); run `sbrjob prepare`") from None
-
-
 def is_current(split_dir: str, data_fingerprint: str, cfg: JobConfig) -> bool:
     """True when the split's shards exist, in this format, for this data and these export settings."""
     try:
@@ -86,7 +78,9 @@ def export(cfg: JobConfig, force: bool = False) -> dict:
     from sbrjob import prepare
 
     data_dir = prepare.ensure_prepared(cfg)
-    data = _data_manifest(data_dir)
+    data = prepare.read_manifest(data_dir)
+    if data is None:
+        raise SbrjobError(f"{data_dir}: no prepared data (manifest.json missing); run `sbrjob prepare`")
     extra = {"data_fingerprint": data["fingerprint"], "export_fingerprint": export_fingerprint(cfg),
              "n_items": data["n_items"]}
     out = {}

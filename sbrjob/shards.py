@@ -91,9 +91,6 @@ def read_manifest(split_dir: str) -> dict:
     return manifest
 
 
-_verified: dict[tuple, str] = {}  # (path, size, mtime) -> sha256 already checked in this process
-
-
 def shard_paths(split_dir: str, manifest: dict, shard_ids: Iterable[int]) -> list[str]:
     """Local paths of the given shards after checking each one's sha256 against the manifest.
 
@@ -106,17 +103,12 @@ def shard_paths(split_dir: str, manifest: dict, shard_ids: Iterable[int]) -> lis
             raise SbrjobError(f"{split_dir}: no shard {k} (the split has {manifest['shards']})")
         name = shard_name(k, manifest["shards"])
         url = join(split_dir, name)
-        try:
-            local = storage.local_copy(url)
-            stat = Path(local).stat()
-        except (FileNotFoundError, SbrjobError):
-            raise SbrjobError(f"{url}: shard missing; run `sbrjob export --force`") from None
-        key = (local, stat.st_size, stat.st_mtime_ns)
-        if _verified.get(key) != manifest["files"][name]:
-            if file_sha256(local) != manifest["files"][name]:
-                raise SbrjobError(f"{url}: shard corrupted (sha256 differs from the manifest); "
-                                  "run `sbrjob export --force`")
-            _verified[key] = manifest["files"][name]
+        local = storage.local_copy(url)  # gs://: SbrjobError naming the shard when it is not there
+        if not Path(local).is_file():
+            raise SbrjobError(f"{url}: shard missing; run `sbrjob export --force`")
+        if file_sha256(local) != manifest["files"][name]:
+            raise SbrjobError(f"{url}: shard corrupted (sha256 differs from the manifest); "
+                              "run `sbrjob export --force`")
         out.append(local)
     return out
 
