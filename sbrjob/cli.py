@@ -174,20 +174,31 @@ def download(
 @app.command()
 def submit(
     config: ConfigOpt,
-    image: Annotated[str, typer.Option(help="Container image URI with sbrjob installed.")],
+    image: Annotated[str, typer.Option(help="Container image URI with sbrjob installed (docker/Dockerfile, Dockerfile.gpu, or FLAVOUR=tpu).")],
     set_: SetOpt = None,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu, tpu.")] = "gpu",
-    replicas: Annotated[int, typer.Option(help="GPUs per worker (or TPU cores).")] = 1,
-    workers: Annotated[int, typer.Option(help="Worker machines (TF_CONFIG is set by the platform).")] = 1,
+    accelerator: Annotated[str, typer.Option(help="cpu, gpu or tpu.")] = "gpu",
+    replicas: Annotated[int, typer.Option(help="GPUs per machine (1, 2, 4, 8), or 8 TPU cores.")] = 1,
+    workers: Annotated[int, typer.Option(help="Machines; with more than one the platform sets TF_CONFIG and training uses multi_worker.")] = 1,
     region: Annotated[str, typer.Option(help="Cloud region.")] = "us-central1",
-    project: Annotated[Optional[str], typer.Option(help="Cloud project id.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job spec and submit nothing.")] = False,
+    project: Annotated[Optional[str], typer.Option(help="Cloud project id (default: that of the application-default credentials).")] = None,
+    accelerator_type: Annotated[Optional[str], typer.Option(help="NVIDIA_TESLA_T4 (default), NVIDIA_L4, NVIDIA_TESLA_A100; TPU_V3 (default) or TPU_V2.")] = None,
+    machine_type: Annotated[Optional[str], typer.Option(help="Override the machine type chosen for the accelerator.")] = None,
+    service_account: Annotated[Optional[str], typer.Option(help="Service account the job runs as (needs read/write on the gs:// paths).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Display name; default sbrjob-<config name>.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact job spec (JSON) and submit nothing.")] = False,
 ) -> None:
-    """Submit `sbrjob train` as a Vertex AI custom job (1 GPU, several GPUs, several workers, or TPU)."""
+    """Submit `sbrjob train` as a Vertex AI custom job: 1 GPU, several GPUs, several workers, or a TPU VM.
+
+    output_dir and the data paths must be gs:// (checked before anything is submitted); a local
+    config file is uploaded to OUTPUT_DIR/submit/. Credentials: application-default
+    (`gcloud auth application-default login`, or the service account of the machine).
+    """
     from sbrjob.cloud import submit as run_submit
 
     run_submit(config, image=image, overrides=set_ or [], accelerator=accelerator, replicas=replicas,
-               workers=workers, region=region, project=project, dry_run=dry_run)
+               workers=workers, region=region, project=project, dry_run=dry_run,
+               accelerator_type=accelerator_type, machine_type=machine_type,
+               service_account=service_account, display_name=name)
 
 
 @app.command()
