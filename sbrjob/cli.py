@@ -207,11 +207,15 @@ def tune(
     set_: SetOpt = None,
     trials: Annotated[int, typer.Option(help="Trials in total, counting those an earlier (interrupted) run of the same study finished.")] = 20,
     space: Annotated[Optional[str], typer.Option(help="YAML search space overriding the default key by key (e.g. `train.lr: {low: 0.01, high: 0.1, log: true}`; a plain value pins a key, null drops it). Default: the GRU4Rec authors' ranges for the config's loss.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the same search as a Vertex AI HyperparameterTuningJob spec (JSON) and run nothing. Needs --image and a gs:// output_dir.")] = False,
-    image: Annotated[Optional[str], typer.Option(help="With --dry-run: container image URI with sbrjob installed.")] = None,
-    accelerator: Annotated[str, typer.Option(help="With --dry-run: cpu or gpu per trial.")] = "gpu",
-    replicas: Annotated[int, typer.Option(help="With --dry-run: GPUs per trial.")] = 1,
-    parallel: Annotated[int, typer.Option(help="With --dry-run: trials the service runs at the same time.")] = 1,
+    cloud: Annotated[bool, typer.Option("--cloud", help="Run the search as a Vertex AI hyperparameter-tuning job instead of here: every trial is a cloud training job that reports its validation metric to the service. Needs --image, a gs:// output_dir and data.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --cloud (implied): print the HyperparameterTuningJob spec (JSON) and submit nothing.")] = False,
+    image: Annotated[Optional[str], typer.Option(help="Cloud: container image URI with sbrjob installed.")] = None,
+    accelerator: Annotated[str, typer.Option(help="Cloud: cpu, gpu or tpu per trial.")] = "gpu",
+    accelerator_type: Annotated[Optional[str], typer.Option(help="Cloud: e.g. NVIDIA_TESLA_T4 (default), NVIDIA_L4, TPU_V3.")] = None,
+    replicas: Annotated[int, typer.Option(help="Cloud: GPUs (or TPU cores) per trial.")] = 1,
+    parallel: Annotated[int, typer.Option(help="Cloud: trials the service runs at the same time.")] = 1,
+    region: Annotated[str, typer.Option(help="Cloud region.")] = "us-central1",
+    project: Annotated[Optional[str], typer.Option(help="Cloud project id (default: that of the application-default credentials).")] = None,
 ) -> None:
     """Hyperparameter search with Optuna, optimising the VALIDATION metric (eval.metric, default mrr@20).
 
@@ -222,13 +226,21 @@ def tune(
     best.yaml (train it with `sbrjob train --config OUTPUT_DIR/tune/best.yaml`) and tune_report.png
     (optimisation history, parameter importances). Test metrics are reported, never used to choose.
     """
-    if dry_run:
-        from sbrjob.tune import vertex_tuning_job
+    if cloud or dry_run:
+        from sbrjob.tune import submit_tuning_job, vertex_tuning_job
 
         if not image:
-            raise SbrjobError("--dry-run needs --image (the container image URI with sbrjob installed)")
-        _print_json(vertex_tuning_job(config, _load(config, set_), trials, space=space, overrides=set_ or [],
-                                      parallel=parallel, image=image, accelerator=accelerator, replicas=replicas))
+            raise SbrjobError("--cloud/--dry-run need --image (the container image URI with sbrjob installed)")
+        body, upload = vertex_tuning_job(config, trials, space=space, overrides=set_ or [], parallel=parallel,
+                                         image=image, accelerator=accelerator, replicas=replicas,
+                                         accelerator_type=accelerator_type)
+        if dry_run:
+            if upload:
+                typer.echo(f"# a real submit first uploads {upload[0]} to {upload[1]}", err=True)
+            _print_json(body)
+            return
+        job = submit_tuning_job(body, upload, region=region, project=project)
+        typer.echo(f"submitted {job.get('name', '')}")
         return
     from sbrjob.tune import tune as run_tune
 

@@ -259,8 +259,8 @@ def _metric_key(metric: str) -> tuple[str, int]:
 def summarize_metrics(metrics: dict, metric: str) -> dict[str, Any]:
     """Best validation value of `metric` over epochs, the validation/test metrics, events/s.
 
-    Reads the training contract's metrics.json: `epochs` (per-epoch dicts with `valid`),
-    `best_epoch`, `test`.
+    Reads the training contract's metrics.json: `epochs` (per-epoch dicts with `valid` and
+    `train_events_per_s`), `best_epoch`, `test`.
     """
     epochs = metrics.get("epochs") or []
     curve = [(int(e.get("epoch", i + 1)), float(e["valid"][metric]))
@@ -278,8 +278,8 @@ def summarize_metrics(metrics: dict, metric: str) -> dict[str, Any]:
     else:
         raise SbrjobError(f"metrics.json has no validation {metric}: is the validation split empty? "
                           "tune needs split.valid_fraction > 0 (or valid_days > 0)")
-    rates = [e.get("events_per_s") for e in epochs if e.get("events_per_s")]
-    eps = metrics.get("events_per_s") or (sum(rates) / len(rates) if rates else None)
+    rates = [e.get("train_events_per_s") for e in epochs if e.get("train_events_per_s")]
+    eps = sum(rates) / len(rates) if rates else None
     return {"value": value, "curve": curve, "valid": _numbers(valid), "test": _numbers(metrics.get("test") or {}),
             "events_per_s": eps, "best_epoch": best, "epochs": len(epochs)}
 
@@ -367,16 +367,32 @@ def _train_fn() -> Callable:
     return train
 
 
-def _run_train(train_fn: Callable, tcfg: JobConfig, on_epoch_end: Callable) -> tuple[dict, bool]:
-    """Run one training; pass the epoch hook when `train` takes one. Returns (metrics, hooked)."""
+def _run_train(train_fn: Callable, tcfg: JobConfig, on_epoch_end: Callable) -> dict:
+    """Run one trial's training, calling `on_epoch_end(epoch, record) -> stop?` after every epoch.
+
+    When `train` takes an `on_epoch_end` keyword it is passed through. Otherwise the trial trains
+    one epoch more per call: `train` resumes from its last checkpoint (`train.epochs` may change
+    between runs), and the epoch records it wrote to metrics.json decide whether to go on.
+    """
     try:
         hooked = "on_epoch_end" in inspect.signature(train_fn).parameters
     except (TypeError, ValueError):
         hooked = False
-    metrics = train_fn(tcfg, on_epoch_end=on_epoch_end) if hooked else train_fn(tcfg)
-    if not isinstance(metrics, dict):
-        metrics = json.loads(storage.read_text(tcfg.metrics_path))
-    return metrics, hooked
+    if hooked:
+        return _metrics_of(train_fn(tcfg, on_epoch_end=on_epoch_end), tcfg)
+    seen, metrics = 0, {}
+    for upto in range(1, tcfg.train.epochs + 1):
+        staged = dataclasses.replace(tcfg, train=dataclasses.replace(tcfg.train, epochs=upto))
+        metrics = _metrics_of(train_fn(staged), tcfg)
+        for record in (metrics.get("epochs") or [])[seen:]:
+            seen += 1
+            if on_epoch_end(int(record.get("epoch", seen)), record):
+                return metrics
+    return metrics
+
+
+def _metrics_of(result: Any, tcfg: JobConfig) -> dict:
+    return result if isinstance(result, dict) and result else json.loads(storage.read_text(tcfg.metrics_path))
 
 
 def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
@@ -434,12 +450,9 @@ def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
             return False
 
         t0 = time.time()
-        metrics, hooked = _run_train(train_fn, tcfg, on_epoch_end)
+        metrics = _run_train(train_fn, tcfg, on_epoch_end)
         _cache_shards(tcfg, cache)
         s = summarize_metrics(metrics, metric)
-        if not hooked:  # intermediate values still inform the pruner about later trials
-            for epoch, v in s["curve"]:
-                trial.report(v, epoch)
         trial.set_user_attr("valid", s["valid"])
         trial.set_user_attr("test", s["test"])
         trial.set_user_attr("events_per_s", s["events_per_s"])
@@ -704,48 +717,56 @@ def trial_command(config: str, overrides: list[str]) -> tuple[list[str], list[st
     return ["python", "-m", "sbrjob.tune"], args
 
 
-def vertex_tuning_job(config: str, cfg: JobConfig, trials: int, *, space: Optional[str] = None,
+def vertex_tuning_job(config: str, trials: int, *, space: Optional[str] = None,
                       overrides: Optional[list[str]] = None, parallel: int = 1, max_failed: int = 0,
-                      **job_options: Any) -> dict:
-    """A Vertex AI HyperparameterTuningJob for the same search (`sbrjob tune --dry-run` prints it).
+                      image: str, accelerator: str = "gpu", replicas: int = 1,
+                      **machine: Any) -> tuple[dict, Optional[tuple[str, str]]]:
+    """The same search as a Vertex AI HyperparameterTuningJob.
 
-    `job_options` (image, accelerator, replicas, region, project, ...) go to the CustomJob spec
-    builder that `sbrjob submit` uses; every trial runs `python -m sbrjob.tune` (see cloud_trial).
+    Returns (job body, (local config, gs:// destination) to upload first, or None). Trials run
+    `python -m sbrjob.tune` (`cloud_trial`) in the image; the CustomJob part and the cloud checks
+    are `sbrjob submit`'s (sbrjob.cloud); `machine` takes its accelerator_type, machine_type,
+    service_account.
     """
+    from sbrjob import cloud
+    from sbrjob.config import load_config
+
+    overrides = list(overrides or [])
+    strategy = cloud.strategy_for(accelerator, replicas, 1)
+    if strategy:
+        overrides = [f"train.strategy={strategy}", *overrides]
+    cfg = load_config(config, overrides)
     params, pinned = resolve_space(cfg, space)
-    if not storage.is_remote(cfg.output_dir):
-        raise SbrjobError(f"output_dir {cfg.output_dir!r} is local: cloud trials must write to gs://, "
-                          "e.g. --set output_dir=gs://BUCKET/runs/" + cfg.name)
+    cloud.check_cloud_ready(cfg, replicas, 1)
+    ref, upload = cloud._config_ref(config, cfg)
     pinned_sets = [f"{k}={json.dumps(_to_config_value(k, v))}" for k, v in pinned.items()]
-    command, args = trial_command(config, list(overrides or []) + pinned_sets)
-    trial_spec = _custom_job_spec(cfg, command, args, **job_options)
-    return {
-        "displayName": f"sbrjob-tune-{cfg.name}",
-        "maxTrialCount": trials,
-        "parallelTrialCount": parallel,
-        "maxFailedTrialCount": max_failed,
-        "studySpec": {
-            "metrics": [{"metricId": hypertune_metric_id(cfg.eval.metric), "goal": "MAXIMIZE"}],
-            "parameters": vertex_study_parameters(cfg, params, pinned),
-            "algorithm": "ALGORITHM_UNSPECIFIED",  # Vertex AI's default Bayesian optimisation
-            "measurementSelectionType": "BEST_MEASUREMENT",  # best epoch, as the local study
-            # the service's counterpart of pruning: stop trials below the median at the same epoch
-            "medianAutomatedStoppingSpec": {"useElapsedDuration": False},
-        },
-        "trialJobSpec": trial_spec,
+    command, args = trial_command(ref, overrides + pinned_sets)
+    service_account = machine.pop("service_account", None)
+    trial_spec = cloud.job_spec(image=image, args=args, command=command, accelerator=accelerator,
+                                replicas=replicas, env={"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+                                output_uri=join(cfg.output_dir, "tune", "vertex"),
+                                service_account=service_account, **machine)
+    study_spec = {
+        "metrics": [{"metricId": hypertune_metric_id(cfg.eval.metric), "goal": "MAXIMIZE"}],
+        "parameters": vertex_study_parameters(cfg, params, pinned),
+        "algorithm": "ALGORITHM_UNSPECIFIED",  # Vertex AI's default Bayesian optimisation
+        "measurementSelectionType": "BEST_MEASUREMENT",  # best epoch, as the local study
+        # the service's counterpart of pruning: stop trials below the median at the same epoch
+        "medianAutomatedStoppingSpec": {"useElapsedDuration": False},
     }
+    body = cloud.tuning_job_spec(trial_spec, display_name=f"sbrjob-tune-{cfg.name}", study_spec=study_spec,
+                                 max_trials=trials, parallel_trials=parallel, max_failed_trials=max_failed)
+    return body, ((upload, ref) if upload else None)
 
 
-def _custom_job_spec(cfg: JobConfig, command: list[str], args: list[str], *, image: str,
-                     accelerator: str = "gpu", replicas: int = 1, **_: Any) -> dict:
-    machine = {"cpu": {"machineType": "n1-standard-8"},
-               "gpu": {"machineType": "n1-standard-8", "acceleratorType": "NVIDIA_TESLA_T4",
-                       "acceleratorCount": replicas}}.get(accelerator)
-    if machine is None:
-        raise SbrjobError(f"--accelerator {accelerator!r}: tuning trials run on cpu or gpu")
-    return {"workerPoolSpecs": [{"machineSpec": machine, "replicaCount": 1,
-                                 "containerSpec": {"imageUri": image, "command": command, "args": args}}],
-            "baseOutputDirectory": {"outputUriPrefix": join(cfg.output_dir, "tune")}}
+def submit_tuning_job(body: dict, upload: Optional[tuple[str, str]], *, region: str,
+                      project: Optional[str] = None) -> dict:
+    """Upload a local config and create the HyperparameterTuningJob (application-default credentials)."""
+    from sbrjob import cloud
+
+    if upload:
+        storage.write_bytes(upload[1], Path(upload[0]).read_bytes())
+    return cloud.create("hyperparameterTuningJobs", body, region=region, project=project)
 
 
 def _parse_trial_args(argv: list[str]) -> tuple[str, list[str], dict[str, str]]:
@@ -791,7 +812,8 @@ def cloud_trial(argv: list[str], train_fn: Optional[Callable] = None) -> dict:
 
     config, overrides, values = _parse_trial_args(argv)
     cfg = load_config(config, overrides)
-    trial_id = os.environ.get("CLOUD_ML_TRIAL_ID", "0")
+    # Vertex AI names each trial; its model dir is BASE/<trial id>/model
+    trial_id = os.environ.get("CLOUD_ML_TRIAL_ID") or Path(os.environ.get("AIP_MODEL_DIR", "0/model")).parent.name
     tcfg = trial_config(cfg, {k: _typed(k, v) for k, v in values.items()},
                         join(cfg.output_dir, "tune", f"trial-{int(trial_id):03d}" if trial_id.isdigit() else f"trial-{trial_id}"))
     metric, metric_id = cfg.eval.metric, hypertune_metric_id(cfg.eval.metric)
@@ -802,11 +824,7 @@ def cloud_trial(argv: list[str], train_fn: Optional[Callable] = None) -> dict:
             report_hypertune(metric_id, value, epoch)
         return False  # the service stops trials itself
 
-    metrics, hooked = _run_train(train_fn or _train_fn(), tcfg, on_epoch_end)
-    s = summarize_metrics(metrics, metric)
-    if not hooked:
-        for epoch, v in s["curve"]:
-            report_hypertune(metric_id, v, epoch)
+    s = summarize_metrics(_run_train(train_fn or _train_fn(), tcfg, on_epoch_end), metric)
     report_hypertune(metric_id, s["value"], (s["best_epoch"] or s["epochs"] or 0))
     return {"trial": trial_id, "output_dir": tcfg.output_dir, metric_id: s["value"]}
 

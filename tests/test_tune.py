@@ -27,28 +27,47 @@ def tiny(tmp_path: Path, *extra: str):
 
 
 class FakeTrain:
-    """Writes a metrics.json like train does; valid score = score(cfg), test score = 1 - valid."""
+    """Stands in for `sbrjob.train.train`: validation mrr@20 at epoch e is score(cfg) * (1 - 2**-e),
+    test mrr@20 is 1 - score(cfg). Like train it has no epoch hook and writes metrics.json; the
+    tuner then trains a trial one more epoch per call (train resumes), so calls > trials."""
 
     def __init__(self, score, interrupt_at: int | None = None):
         self.score, self.interrupt_at, self.calls = score, interrupt_at, []
 
-    def __call__(self, cfg, reexport=False, on_epoch_end=None):
+    @property
+    def trials(self):
+        """The config of each trial (its last call), in the order the trials ran."""
+        out = {}
+        for c in self.calls:
+            out[c.output_dir] = c
+        return list(out.values())
+
+    def run(self, cfg, on_epoch_end=None):
         self.calls.append(cfg)
-        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+        if self.interrupt_at is not None and len(self.trials) == self.interrupt_at:
             raise KeyboardInterrupt
         q, epochs = self.score(cfg), []
         for e in range(1, cfg.train.epochs + 1):
-            valid = {"recall@20": min(1.0, 2 * q * e / cfg.train.epochs), "mrr@20": q * e / cfg.train.epochs}
-            epochs.append({"epoch": e, "valid": valid, "events_per_s": 1000.0 * e})
-            if on_epoch_end is not None and on_epoch_end(e, {"valid": valid}):
+            valid = {"recall@20": min(1.0, 2 * q * (1 - 2 ** -e)), "mrr@20": q * (1 - 2 ** -e)}
+            epochs.append({"epoch": e, "valid": valid, "train_events_per_s": 1000.0 * e})
+            if on_epoch_end is not None and on_epoch_end(e, epochs[-1]):
                 break
         best = max(epochs, key=lambda r: r["valid"]["mrr@20"])
-        metrics = {"epochs": epochs, "best_epoch": best["epoch"],
-                   "test": {"recall@20": 1 - q, "mrr@20": 1 - q}}
+        metrics = {"epochs": epochs, "best_epoch": best["epoch"], "test": {"recall@20": 1 - q, "mrr@20": 1 - q}}
         out = Path(cfg.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics))
         return metrics
+
+    def __call__(self, cfg, reexport=False):
+        return self.run(cfg)
+
+
+class HookedTrain(FakeTrain):
+    """A `train` that takes the proposed `on_epoch_end(epoch, record) -> stop?` keyword."""
+
+    def __call__(self, cfg, reexport=False, on_epoch_end=None):
+        return self.run(cfg, on_epoch_end)
 
 
 def lr_score(cfg):
@@ -67,24 +86,27 @@ def test_three_trial_study_reports_and_optimises_validation_only(tmp_path):
     out = T.tune(cfg, trials=3, train_fn=fake, echo=lambda s: None)
     tune_dir = tmp_path / "run" / "tune"
 
-    assert len(fake.calls) == 3 and out["finished"] == 3
-    dirs = sorted(Path(c.output_dir).name for c in fake.calls)
+    assert len(fake.trials) == 3 and out["finished"] == 3
+    # no epoch hook in train: each trial trained one more epoch per call (resuming), 2 epochs each
+    assert [c.train.epochs for c in fake.calls] == [1, 2] * 3
+    dirs = sorted(Path(c.output_dir).name for c in fake.trials)
     assert dirs == ["trial-000", "trial-001", "trial-002"]
     assert all((tune_dir / d / "metrics.json").exists() for d in dirs)
     # each trial ran with the values the study suggested for it
     study = optuna.load_study(study_name=cfg.name, storage=f"sqlite:///{tune_dir / 'study.db'}")
-    for t, c in zip(study.trials, fake.calls):
+    for t, c in zip(study.trials, fake.trials):
         assert c.train.lr == pytest.approx(t.params["train.lr"])
         assert c.model.layers == [t.params["model.layers"]]
         assert c.export.batch_size == t.params["export.batch_size"]
         assert "train.bpreg" not in t.params  # xe loss: bpreg is not part of its space
     # the best is chosen by validation (highest lr) although its test score is the lowest
-    best_lr = max(c.train.lr for c in fake.calls)
+    best_lr = max(c.train.lr for c in fake.trials)
     assert out["best"]["params"]["train.lr"] == pytest.approx(best_lr)
     assert out["best"]["test"]["mrr@20"] == pytest.approx(1 - best_lr)
 
     rows = list(csv.DictReader((tune_dir / "leaderboard.csv").open()))
-    assert [float(r["valid_mrr@20"]) for r in rows] == sorted((c.train.lr for c in fake.calls), reverse=True)
+    assert [float(r["valid_mrr@20"]) for r in rows] == pytest.approx(
+        sorted((0.75 * c.train.lr for c in fake.trials), reverse=True))
     assert {"test_mrr@20", "test_recall@20", "valid_recall@20", "events_per_s", "train.lr"} <= set(rows[0])
     assert float(rows[0]["events_per_s"]) == pytest.approx(1500.0)  # mean over the 2 epochs
     assert json.loads((tune_dir / "leaderboard.json").read_text())[0]["trial"] == out["best"]["trial"]
@@ -101,14 +123,14 @@ def test_resume_counts_finished_trials_and_reruns_the_interrupted_one(tmp_path):
     first = FakeTrain(lr_score, interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):
         T.tune(cfg, trials=4, train_fn=first, echo=lambda s: None)
-    assert len(first.calls) == 3
-    interrupted_lr = first.calls[2].train.lr
+    assert len(first.trials) == 3
+    interrupted_lr = first.trials[2].train.lr
 
     second = FakeTrain(lr_score)
     out = T.tune(cfg, trials=4, train_fn=second, echo=lambda s: None)
     # 2 finished before: 2 more run, the first of them with the interrupted trial's values
-    assert len(second.calls) == 2 and out["finished"] == 4
-    assert second.calls[0].train.lr == pytest.approx(interrupted_lr)
+    assert len(second.trials) == 2 and out["finished"] == 4
+    assert second.trials[0].train.lr == pytest.approx(interrupted_lr)
 
     third = FakeTrain(lr_score)
     T.tune(cfg, trials=4, train_fn=third, echo=lambda s: None)
@@ -117,7 +139,8 @@ def test_resume_counts_finished_trials_and_reruns_the_interrupted_one(tmp_path):
     assert states.count("complete") == 4 and states.count("fail") == 1
 
 
-def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path):
+@pytest.mark.parametrize("fake_cls", [FakeTrain, HookedTrain])
+def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path, fake_cls):
     cfg = tiny(tmp_path, "train.epochs=4")
     space = write_space(tmp_path, "train.lr: {low: 0.01, high: 0.5}\n" + "".join(
         f"{k}: null\n" for k in T.DEFAULT_SPACE if k != "train.lr"))
@@ -125,12 +148,13 @@ def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path):
                                 storage=f"sqlite:///{_mk(tmp_path / 'run/tune')}/study.db")
     for lr in (0.3, 0.25, 0.2, 0.011):
         study.enqueue_trial({"train.lr": lr})
-    fake = FakeTrain(lr_score)
+    fake = fake_cls(lr_score)
     out = T.tune(cfg, trials=4, space=space, train_fn=fake, echo=lambda s: None)
-    epochs_run = [len(json.loads((Path(c.output_dir) / "metrics.json").read_text())["epochs"]) for c in fake.calls]
-    assert epochs_run == [4, 4, 4, 1]
-    last = [r for r in out["leaderboard"] if r["trial"] == 3][0]
-    assert last["state"] == "pruned"
+    epochs_run = [len(json.loads((Path(c.output_dir) / "metrics.json").read_text())["epochs"]) for c in fake.trials]
+    assert epochs_run == [4, 4, 4, 1]  # the 4th is below the lower quartile after epoch 1: stopped
+    rows = {r["trial"]: r for r in out["leaderboard"]}
+    assert [rows[i]["state"] for i in range(4)] == ["complete"] * 3 + ["pruned"]
+    assert out["best"]["trial"] == 0
 
 
 def _mk(p: Path) -> Path:
@@ -186,7 +210,7 @@ def test_cloud_trial_writes_the_hypertune_metric_file(tmp_path, monkeypatch):
     fake = FakeTrain(lr_score)
     out = T.cloud_trial(["--config", "tiny", "--set", f"output_dir={tmp_path / 'run'}",
                          "--train.lr=0.05", "--model.layers", "96.0", "--train.loss=bpr-max"], train_fn=fake)
-    (cfg,) = fake.calls
+    (cfg,) = fake.trials
     assert (cfg.train.lr, cfg.model.layers, cfg.train.loss) == (0.05, [96], "bpr-max")
     assert cfg.output_dir == str(tmp_path / "run" / "tune" / "trial-007")
     lines = [json.loads(line) for line in metric_file.read_text().splitlines()]
@@ -194,7 +218,7 @@ def test_cloud_trial_writes_the_hypertune_metric_file(tmp_path, monkeypatch):
     assert [line["global_step"] for line in lines] == ["1", "2", "2"]
     assert all(line["trial"] == "7" and set(line) == {"timestamp", "trial", "valid_mrr_at_20", "global_step",
                                                       "checkpoint_path"} for line in lines)
-    assert float(lines[-1]["valid_mrr_at_20"]) == pytest.approx(0.05) == out["valid_mrr_at_20"]
+    assert float(lines[-1]["valid_mrr_at_20"]) == pytest.approx(0.05 * 0.75) == out["valid_mrr_at_20"]
     with pytest.raises(SbrjobError, match="--train.lrate: unknown option"):
         T.cloud_trial(["--config", "tiny", "--train.lrate=0.1"], train_fn=fake)
 
@@ -245,9 +269,8 @@ def test_dry_run_refuses_a_local_output_dir(tmp_path):
 
 
 def test_fixed_loss_decides_conditionals_in_the_vertex_spec(tmp_path):
-    cfg = tiny(tmp_path, "output_dir=gs://b/r", "train.loss=bpr-max")
-    job = T.vertex_tuning_job("tiny", cfg, 10, image="img")
+    job, upload = T.vertex_tuning_job("tiny", 10, overrides=["output_dir=gs://b/r", "train.loss=bpr-max"], image="img")
     ids = [p["parameterId"] for p in job["studySpec"]["parameters"]]
-    assert "train.bpreg" in ids and "train.sample_alpha" in ids
-    xe = T.vertex_tuning_job("tiny", tiny(tmp_path, "output_dir=gs://b/r"), 10, image="img")
+    assert "train.bpreg" in ids and "train.sample_alpha" in ids and upload is None
+    xe, _ = T.vertex_tuning_job("tiny", 10, overrides=["output_dir=gs://b/r"], image="img")
     assert "train.bpreg" not in [p["parameterId"] for p in xe["studySpec"]["parameters"]]
