@@ -1,0 +1,234 @@
+"""gs:// paths against a local GCS emulator (gcp-storage-emulator on 127.0.0.1, a free port),
+started here and stopped after: files, atomic publishing, interrupted uploads, cached mirrors,
+no credentials in logs or errors, and the whole pipeline with every output on gs://."""
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sbrjob import storage
+from sbrjob.errors import SbrjobError
+
+BUCKET = "sbrjob-test"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    from gcp_storage_emulator.server import create_server
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "SBRJOB_CACHE")}
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    os.environ["SBRJOB_CACHE"] = str(tmp_path_factory.mktemp("gcs-cache"))
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def gcs(emulator):
+    """An empty bucket for each test."""
+    emulator.wipe(keep_buckets=True)
+    return f"gs://{BUCKET}"
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_files_round_trip(gcs, tmp_path):
+    storage.write_text(f"{gcs}/a/b.json", '{"x": 1}')
+    assert storage.read_text(f"{gcs}/a/b.json") == '{"x": 1}'
+    assert storage.exists(f"{gcs}/a/b.json") and storage.exists(f"{gcs}/a")
+    assert not storage.exists(f"{gcs}/a/b") and not storage.exists(f"{gcs}/ab")
+    assert storage.list_files(f"{gcs}/a") == ["b.json"]
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(f"{gcs}/missing")
+    with pytest.raises(SbrjobError, match="file not found"):
+        storage.local_copy(f"{gcs}/missing")
+    local = tmp_path / "f.bin"
+    local.write_bytes(b"\x00" * 1000)
+    storage.put_file(local, f"{gcs}/c/f.bin")
+    assert storage.read_bytes(f"{gcs}/c/f.bin") == b"\x00" * 1000
+    storage.remove_tree(gcs + "/a")
+    assert storage.list_files(gcs) == ["c/f.bin"]
+
+
+@pytest.mark.parametrize("url", ["gs://", "gs://UPPER/x", "gs://b/x", "gs://ok-bucket/a/../b"])
+def test_bad_urls_are_refused(url):
+    with pytest.raises(SbrjobError, match="gs://"):
+        storage._split_gs(url)
+
+
+def test_missing_bucket_is_a_one_line_error(gcs):
+    with pytest.raises(SbrjobError, match="gs://no-such-bucket/x: storage error") as err:
+        storage.list_files("gs://no-such-bucket/x")
+    assert "\n" not in str(err.value)
+
+
+def test_publish_replaces_whole_directory_marker_last(gcs, tmp_path, monkeypatch):
+    dest = f"{gcs}/run/shards"
+    storage.publish_dir(make_tree(tmp_path / "v1", {"a": "1", "old/x": "x", "manifest.json": "v1"}), dest,
+                        last="manifest.json")
+    assert not (tmp_path / "v1").exists()  # consumed, as locally
+    order = []
+    real = storage._upload
+    monkeypatch.setattr(storage, "_upload", lambda p, url: (order.append(url.rsplit("/", 1)[1]), real(p, url)))
+    storage.publish_dir(make_tree(tmp_path / "v2", {"a": "2", "b": "2", "manifest.json": "v2"}), dest,
+                        last="manifest.json")
+    assert storage.list_files(dest) == ["a", "b", "manifest.json"]  # stale old/x removed
+    assert storage.read_text(f"{dest}/a") == "2" and storage.read_text(f"{dest}/manifest.json") == "v2"
+    assert order[-1] == "manifest.json" and sorted(order) == ["a", "b", "manifest.json"]
+
+
+def test_sync_uploads_only_what_changed(gcs, tmp_path, monkeypatch):
+    work = make_tree(tmp_path / "ckpt", {"ckpt-1.index": "i1", "ckpt-1.data": "d1" * 1000, "checkpoint": "1"})
+    storage.sync_dir(work, f"{gcs}/ckpt", last="checkpoint")
+    assert work.exists()  # sync keeps the working directory
+    uploaded = []
+    real = storage._upload
+    monkeypatch.setattr(storage, "_upload", lambda p, url: (uploaded.append(url.rsplit("/", 1)[1]), real(p, url)))
+    (work / "ckpt-1.index").unlink()
+    (work / "ckpt-1.data").unlink()
+    make_tree(work, {"ckpt-2.index": "i2", "ckpt-2.data": "d2", "checkpoint": "2"})
+    (work / "same-size").write_text("aa")
+    storage.sync_dir(work, f"{gcs}/ckpt", last="checkpoint")
+    assert sorted(uploaded) == ["checkpoint", "ckpt-2.data", "ckpt-2.index", "same-size"]
+    uploaded.clear()
+    (work / "same-size").write_text("bb")  # same size, other content: the CRC32C tells
+    storage.sync_dir(work, f"{gcs}/ckpt", last="checkpoint")
+    assert uploaded == ["same-size", "checkpoint"]
+    assert storage.list_files(f"{gcs}/ckpt") == ["checkpoint", "ckpt-2.data", "ckpt-2.index", "same-size"]
+
+
+KILLED_PUBLISH = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from sbrjob import storage
+    real, calls = storage._upload, []
+    def upload(path, url):
+        calls.append(url)
+        if len(calls) == 3:
+            os._exit(9)  # killed mid-upload: no cleanup, no finally
+        real(path, url)
+    storage._upload = upload
+    storage._WORKERS = 1  # sequential, so exactly two new files are up when it dies
+    storage.publish_dir(Path(sys.argv[1]), sys.argv[2], last="manifest.json")
+""")
+
+
+def test_killed_upload_leaves_no_trusted_output(gcs, tmp_path):
+    dest = f"{gcs}/run/data"
+    storage.publish_dir(make_tree(tmp_path / "v1", {f"part-{i}": "old" for i in range(3)} | {"manifest.json": "v1"}),
+                        dest, last="manifest.json")
+    new = make_tree(tmp_path / "v2", {f"part-{i}": f"new{i}" for i in range(6)} | {"manifest.json": "v2"})
+    proc = subprocess.run([sys.executable, "-c", KILLED_PUBLISH, str(new), dest], env=os.environ.copy(),
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 9, proc.stderr
+    files = storage.list_files(dest)
+    assert "manifest.json" not in files  # the old marker went first, the new one never came
+    assert sum(storage.read_text(f"{dest}/{f}").startswith("new") for f in files) == 2  # it died midway
+    # a later run publishes cleanly over the debris
+    storage.publish_dir(new, dest, last="manifest.json")
+    assert storage.read_text(f"{dest}/manifest.json") == "v2"
+    assert storage.list_files(dest) == sorted([f"part-{i}" for i in range(6)] + ["manifest.json"])
+
+
+def test_local_dir_copy_mirrors_and_downloads_only_changes(gcs, tmp_path):
+    src = f"{gcs}/run/shards/train"
+    storage.write_text(f"{src}/part-0", "zero")
+    storage.write_text(f"{src}/sub/part-1", "one")
+    root = Path(storage.local_dir_copy(src))
+    assert (root / "part-0").read_text() == "zero" and (root / "sub/part-1").read_text() == "one"
+    first = (root / "part-0").stat().st_mtime_ns
+    os.utime(root / "part-0", ns=(first - 10**9, first - 10**9))
+    assert storage.local_dir_copy(src) == str(root)
+    assert (root / "part-0").stat().st_mtime_ns == first - 10**9  # unchanged object: not downloaded again
+    storage.write_text(f"{src}/part-0", "ZERO")
+    storage.remove_tree(f"{src}/sub")
+    storage.local_dir_copy(src)
+    assert (root / "part-0").read_text() == "ZERO"  # new generation fetched
+    assert not (root / "sub/part-1").exists()  # gone remotely, gone locally
+    assert storage.local_copy(f"{src}/part-0") == str(root / "part-0")
+    with pytest.raises(SbrjobError, match="nothing found"):
+        storage.local_dir_copy(f"{gcs}/nothing")
+    assert os.listdir(storage.local_dir_copy(f"{gcs}/nothing", missing_ok=True)) == []
+
+
+def test_credentials_are_never_logged(gcs, caplog, capsys):
+    """A real bearer token goes to the server but into no log line, output or error message."""
+    from google.cloud import storage as gcs_lib
+    from google.oauth2.credentials import Credentials
+
+    secret = "ya29.SECRET-TOKEN-abc123"
+    caplog.set_level(logging.DEBUG)
+    storage._client = gcs_lib.Client(project="p", credentials=Credentials(token=secret))
+    storage._client_key = os.environ["STORAGE_EMULATOR_HOST"]
+    try:
+        storage.write_text(f"{gcs}/k", "v")
+        assert storage.read_text(f"{gcs}/k") == "v"
+        with pytest.raises(SbrjobError) as err:
+            storage.list_files("gs://no-such-bucket/x")
+    finally:
+        storage._client = None
+    out = capsys.readouterr()
+    assert secret not in caplog.text + out.out + out.err + str(err.value)
+    # error texts from the auth layer are scrubbed too
+    msg = str(storage._gcs_error("gs://b/k", RuntimeError(f"401 Authorization: Bearer {secret} refused")))
+    assert "SECRET" not in msg and "<redacted>" in msg
+    assert "SECRET" not in storage.redact(f'{{"access_token": "{secret}", "private_key": "-----BEGIN"}}')
+
+
+# ---------------------------------------------------------------- the whole job on gs://
+
+
+@pytest.mark.xfail(strict=True, reason="train.py writes checkpoints/TensorBoard through TensorFlow's own gs:// "
+                   "filesystem, which cannot reach the emulator: it must use storage.work_dir + sync_dir "
+                   "(remove this mark when it does)")
+def test_full_pipeline_with_every_output_on_gcs(gcs, tmp_path, monkeypatch):
+    pytest.importorskip("sbrjob.train")
+    from typer.testing import CliRunner
+
+    from sbrjob.cli import app
+
+    monkeypatch.chdir(tmp_path)  # anything written locally by mistake would land here
+    run = f"{gcs}/runs/tiny"
+    args = ["--config", "tiny", "--set", f"output_dir={run}", "--set", "train.epochs=1"]
+    cli = CliRunner()
+    for stage in (["prepare"], ["export"], ["train"], ["evaluate"]):
+        res = cli.invoke(app, stage + args)
+        assert res.exit_code == 0, f"{stage}: {res.output}\n{res.exception!r}"
+    files = storage.list_files(run)
+    for expected in ("data/manifest.json", "data/train.parquet", "data/items.parquet",
+                     "shards/train/manifest.json", "shards/test/manifest.json", "metrics.json", "eval_test.json"):
+        assert expected in files, (expected, files)
+    assert any(f.startswith("checkpoints/") for f in files)
+    assert any(f.startswith("tensorboard/") for f in files)
+    assert any(f.endswith(".tfrecord") for f in files)
+    metrics = json.loads(storage.read_text(f"{run}/metrics.json"))
+    assert 0 <= metrics["test"]["recall@20"] <= 1
+    assert list(tmp_path.iterdir()) == []  # nothing written to the local working directory
