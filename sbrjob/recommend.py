@@ -27,12 +27,12 @@ _YEAR = re.compile(r"\(\s*(\d{4})\s*\)\s*$")
 
 
 def _plain(text: str) -> str:
-    """Lower case, accents removed, punctuation as spaces, articles moved to the front."""
+    """Lower case, accents and apostrophes removed, other punctuation as spaces, articles in front."""
     text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().strip()
     m = _TRAILING_ARTICLE.match(text)
     if m:
         text = f"{m.group(2)} {m.group(1)}"
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", re.sub(r"['\u2019]", "", text)).split())  # cuckoo's = cuckoos
 
 
 def title_keys(title: str) -> tuple[set[str], str | None]:
