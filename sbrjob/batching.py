@@ -76,9 +76,9 @@ def layout(session: np.ndarray, item: np.ndarray, lanes: int, block_steps: int,
     `order` is the sequence in which session ids enter the lanes (default: 0, 1, 2, ... = oldest
     first). Sessions with fewer than 2 events give no step and are skipped.
     """
-    item = np.asarray(item)
+    item = np.asarray(item, dtype=np.int32)
     lengths = session_lengths(session)
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    first = np.cumsum(lengths) - lengths  # row of each session's first event
     if order is None:
         order = np.arange(len(lengths))
     order = order[lengths[order] >= 2]
@@ -86,22 +86,24 @@ def layout(session: np.ndarray, item: np.ndarray, lanes: int, block_steps: int,
     lane, start = assign_lanes(steps, lanes)
     lane_steps = np.bincount(lane, weights=steps, minlength=lanes).astype(np.int64)
     n_steps = -(-int(lane_steps.max(initial=0)) // block_steps) * block_steps
-    pairs = int(steps.sum())
+    size = lanes * n_steps
 
-    # Every pair at once: which laid-out session it belongs to and its position within it.
-    sess = np.repeat(np.arange(len(order)), steps)
-    within = np.arange(pairs) - np.repeat(np.cumsum(steps) - steps, steps)
-    event = offsets[order][sess] + within  # the input event; the target is the next row
-    flat = (lane * n_steps + start)[sess] + within
-
-    shape = (lanes, n_steps)
-    inputs = np.zeros(lanes * n_steps, dtype=np.int32)
-    targets = np.zeros(lanes * n_steps, dtype=np.int32)
-    weight = np.zeros(lanes * n_steps, dtype=np.uint8)
-    reset = np.zeros(lanes * n_steps, dtype=np.uint8)
-    inputs[flat] = item[event]
-    targets[flat] = item[event + 1]
+    # Where every row lands in the flat [lanes * n_steps] layout, all rows at once: row e of a laid
+    # out session goes to base[session] + e. Rows that feed no step (a session's last row, sessions
+    # too short) go to one extra scratch slot at the end that is cut off afterwards.
+    base = size - first  # too-short sessions: their only row -> scratch
+    base[order] = lane * n_steps + start - first[order]
+    flat = np.repeat(base, lengths) + np.arange(len(item))
+    flat[first[order] + steps] = size
+    inputs = np.zeros(size + 1, dtype=np.int32)
+    targets = np.zeros(size + 1, dtype=np.int32)
+    weight = np.zeros(size + 1, dtype=np.uint8)
+    reset = np.zeros(size + 1, dtype=np.uint8)
+    inputs[flat] = item
+    targets[flat[:-1]] = item[1:]  # the step fed by row e predicts row e+1
     weight[flat] = 1
     reset[lane * n_steps + start] = 1
-    return Layout(inputs.reshape(shape), targets.reshape(shape), reset.reshape(shape), weight.reshape(shape),
-                  lane_steps, sessions=len(order), events=int(lengths[order].sum()), pairs=pairs)
+    shape = (lanes, n_steps)
+    return Layout(inputs[:size].reshape(shape), targets[:size].reshape(shape), reset[:size].reshape(shape),
+                  weight[:size].reshape(shape), lane_steps, sessions=len(order),
+                  events=int(lengths[order].sum()), pairs=int(steps.sum()))

@@ -46,8 +46,7 @@ def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, spli
     files = {}
     for k in range(n_shards):
         rows = slice(k * per_shard, (k + 1) * per_shard)
-        records = (shards.encode_block({name: getattr(lay, name)[rows, r * block_steps:(r + 1) * block_steps]
-                                        for name in shards.FEATURES}) for r in range(blocks))
+        records = shards.shard_records({name: getattr(lay, name)[rows] for name in shards.FEATURES}, block_steps)
         name = shards.shard_name(k, n_shards)
         files[name] = shards.write_shard(dest / name, records)
     manifest = {

@@ -59,6 +59,17 @@ def test_round_trip_all_shards_and_single_shards(tmp_path):
     assert spec["weight"].shape == (LANES // 2, T)  # static shapes, as XLA/TPU want
 
 
+def test_record_encoding_is_the_deterministic_tf_example():
+    rng = np.random.default_rng(4)
+    block = {"input": rng.integers(0, 2**31 - 1, (3, 5)).astype(np.int32),
+             "target": rng.integers(0, 9, (3, 5)).astype(np.int32),
+             "reset": (rng.random((3, 5)) < 0.3).astype(np.uint8), "weight": np.ones((3, 5), np.uint8)}
+    feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.astype(shards.FEATURES[k]).tobytes()]))
+               for k, v in block.items()}
+    expected = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+    assert shards.encode_block(block) == expected
+
+
 def test_read_manifest_matches_written_one(tmp_path):
     split_dir, manifest, _ = write(tmp_path)
     assert shards.read_manifest(split_dir) == manifest
