@@ -1,0 +1,135 @@
+"""GRU4Rec's optimizers, written to run inside `strategy.run` of any tf.distribute strategy.
+
+- adagrad: Adagrad with momentum, as in the official GRU4Rec:
+  `acc += g**2; v = mu * v - lr * g / sqrt(acc + eps); p += v`, accumulator starting at 0.
+  Gradients of gathered tables (item embedding/output rows, biases, one-hot input weights) arrive
+  as `tf.IndexedSlices` and update ONLY the rows used in the step: their accumulator, velocity and
+  value. Unused rows keep their velocity untouched until they are used again.
+- adam: plain (dense) Adam, the tutorial's choice.
+
+`apply(grads, active)` is called in replica context. It hands the per-replica gradients to a
+`merge_call`, sums them across replicas (`batch_reduce_to`, which also handles IndexedSlices) and
+updates every replica's copy with `extended.update`: the pattern stock optimizers use, so it works
+under the default strategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy alike.
+`active` (real lanes, summed over replicas) turns the whole update into a no-op on a step where
+every lane is padding, so padding never moves a weight (momentum would otherwise keep moving them);
+it is a select, not a tf.cond, to keep tracing cheap.
+
+Row-sparse updates are static-shaped (sort + segment sums, no tf.unique), so they compile with XLA.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def dedupe_rows(grad: tf.IndexedSlices):
+    """Sum duplicate rows of an IndexedSlices with static shapes.
+
+    Returns (rows [n], values [n, ...], touched [n] bool): the first u entries are the u distinct rows
+    with their summed gradients and the remaining entries repeat entry 0 (so scatter_update writes
+    them twice with identical values: harmless and deterministic). `touched` is False for a row whose
+    summed gradient is exactly zero: that only happens for rows gathered by padded lanes (weight 0),
+    which the official code never feeds (it shrinks the batch), so they must not get a momentum step.
+    """
+    idx = tf.cast(grad.indices, tf.int32)
+    n = tf.shape(idx)[0]
+    order = tf.argsort(idx, stable=True)
+    s_idx = tf.gather(idx, order)
+    s_val = tf.gather(grad.values, order)
+    first = tf.concat([[True], s_idx[1:] != s_idx[:-1]], axis=0)
+    seg = tf.cumsum(tf.cast(first, tf.int32)) - 1
+    summed = tf.math.unsorted_segment_sum(s_val, seg, n)
+    rows = tf.math.unsorted_segment_max(s_idx, seg, n)
+    used = tf.range(n) <= seg[-1]
+    rows = tf.where(used, rows, rows[0])
+    summed = tf.where(tf.reshape(used, [-1] + [1] * (len(s_val.shape) - 1)), summed, summed[0])
+    nonzero = summed != 0
+    touched = tf.reduce_any(tf.reshape(nonzero, [n, -1]), axis=1)
+    return rows, summed, touched
+
+
+class _Optimizer(tf.Module):
+    slot_names: tuple[str, ...] = ()
+
+    def __init__(self, variables, name=None):
+        super().__init__(name=name)
+        self.variables_ = list(variables)
+        # slots are created under the caller's strategy scope, so they mirror their variables
+        self.slots = {s: [tf.Variable(tf.zeros_like(v), trainable=False, name=f"{s}_{i}")
+                          for i, v in enumerate(self.variables_)] for s in self.slot_names}
+        self.iterations = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="iterations")
+
+    def apply(self, grads, active):
+        """Called in replica context with this replica's gradients and its real-lane count for the step."""
+        ctx = tf.distribute.get_replica_context()
+        ctx.merge_call(self._apply_cross_replica, args=(list(grads), active))
+
+    @tf.autograph.experimental.do_not_convert
+    def _apply_cross_replica(self, strategy, grads, active):
+        pairs = [(g, v) for g, v in zip(grads, self.variables_)]
+        reduced = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, pairs + [(active, self.iterations)])
+        grads, active = reduced[:-1], reduced[-1]
+        strategy.extended.update(self.iterations, _count_active, args=(active,))
+        for i, (g, v) in enumerate(zip(grads, self.variables_)):
+            slots = tuple(self.slots[s][i] for s in self.slot_names)
+            strategy.extended.update(v, self._update, args=(g, active, self.iterations) + slots)
+
+
+@tf.autograph.experimental.do_not_convert
+def _count_active(iterations, active):
+    return iterations.assign_add(tf.cast(active > 0, tf.int64))
+
+
+class AdagradMomentum(_Optimizer):
+    slot_names = ("accumulator", "velocity")
+
+    def __init__(self, variables, lr: float, momentum: float = 0.0, epsilon: float = 1e-6):
+        super().__init__(variables, name="adagrad_momentum")
+        self.lr, self.momentum, self.epsilon = lr, momentum, epsilon
+
+    @tf.autograph.experimental.do_not_convert
+    def _update(self, var, grad, active, iterations, acc, vel):
+        active = active > 0
+        if isinstance(grad, tf.IndexedSlices):
+            # an all-padding step has all-zero gradients: no row is touched, nothing moves
+            rows, g, touched = dedupe_rows(grad)
+            a_old, v_old, p_old = tf.gather(acc, rows), tf.gather(vel, rows), tf.gather(var, rows)
+            a = a_old + tf.square(g)
+            v = self.momentum * v_old - self.lr * g / tf.sqrt(a + self.epsilon)
+            p = p_old + v
+            keep = tf.reshape(touched, [-1] + [1] * (len(g.shape) - 1))
+            a, v, p = tf.where(keep, a, a_old), tf.where(keep, v, v_old), tf.where(keep, p, p_old)
+            acc.scatter_update(tf.IndexedSlices(a, rows))
+            vel.scatter_update(tf.IndexedSlices(v, rows))
+            var.scatter_update(tf.IndexedSlices(p, rows))
+            return
+        a = acc.assign_add(tf.square(grad))  # zero on an inactive step
+        v = vel.assign(tf.where(active, self.momentum * vel - self.lr * grad / tf.sqrt(a + self.epsilon), vel))
+        var.assign_add(tf.where(active, v, tf.zeros_like(v)))
+
+
+class Adam(_Optimizer):
+    slot_names = ("m", "v")
+
+    def __init__(self, variables, lr: float, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
+        super().__init__(variables, name="adam")
+        self.lr, self.beta1, self.beta2, self.epsilon = lr, beta1, beta2, epsilon
+
+    @tf.autograph.experimental.do_not_convert
+    def _update(self, var, grad, active, iterations, m, v):
+        active = active > 0
+        if isinstance(grad, tf.IndexedSlices):  # Adam is dense: every row's moments decay each step
+            grad = tf.math.unsorted_segment_sum(grad.values, grad.indices, tf.shape(var)[0])
+        t = tf.cast(tf.maximum(iterations, 1), tf.float32)
+        m_new = m.assign(tf.where(active, self.beta1 * m + (1 - self.beta1) * grad, m))
+        v_new = v.assign(tf.where(active, self.beta2 * v + (1 - self.beta2) * tf.square(grad), v))
+        step = self.lr * tf.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
+        var.assign_sub(tf.where(active, step * m_new / (tf.sqrt(v_new) + self.epsilon), tf.zeros_like(var)))
+
+
+def make_optimizer(train_cfg, variables) -> _Optimizer:
+    """The configured optimizer over `variables`; create it under the strategy's scope."""
+    if train_cfg.optimizer == "adagrad":
+        return AdagradMomentum(variables, lr=train_cfg.lr, momentum=train_cfg.momentum)
+    return Adam(variables, lr=train_cfg.lr)
