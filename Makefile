@@ -3,8 +3,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 RUN ?= runs/tiny
+IMAGE ?= sbrjob:latest
+ARGS ?= train --config tiny
 
-.PHONY: install test smoke demo bench clean
+.PHONY: install test smoke demo bench docker-build docker-run docker-ci clean
 
 install: $(BIN)/sbrjob
 
@@ -29,6 +31,19 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+# The CPU image (docker/Dockerfile): Docker when an engine answers, else podman with a locally
+# bootstrapped debian:bookworm base (see scripts/container_ci.sh). GPU: docker/Dockerfile.gpu.
+docker-build:
+	IMAGE=$(IMAGE) bash scripts/container_ci.sh build
+
+# e.g. make docker-run ARGS="train --config movielens --set data.path=gs://BUCKET/ml-1m/ratings.dat"
+docker-run:
+	IMAGE=$(IMAGE) bash scripts/container_ci.sh run $(ARGS)
+
+# What CI runs: build, then `--help` and `train --config tiny` in the image, asserting on the output.
+docker-ci:
+	IMAGE=$(IMAGE) bash scripts/container_ci.sh ci
 
 clean:
 	rm -rf runs .pytest_cache
