@@ -146,7 +146,7 @@ def check_cloud_ready(cfg: JobConfig, replicas_total: int, workers: int) -> None
                           f"--set export.shards=<a multiple of {workers}>")
 
 
-def _config_ref(config: str, cfg: JobConfig) -> tuple[str, Optional[str]]:
+def config_ref(config: str, cfg: JobConfig) -> tuple[str, Optional[str]]:
     """(what the container passes as --config, local file to upload there or None).
 
     Packaged names and gs:// URLs work inside the image as they are; a local file is uploaded
@@ -154,6 +154,9 @@ def _config_ref(config: str, cfg: JobConfig) -> tuple[str, Optional[str]]:
     if storage.is_remote(config) or not Path(config).exists():
         return config, None
     return join(cfg.output_dir, "submit", Path(config).name), config
+
+
+_config_ref = config_ref  # the name sbrjob.tune first used
 
 
 def build_custom_job(config: str, *, image: str, overrides: Optional[list[str]] = None, accelerator: str = "gpu",
@@ -169,7 +172,7 @@ def build_custom_job(config: str, *, image: str, overrides: Optional[list[str]] 
     cfg = load_config(config, overrides)
     total = replicas * workers
     check_cloud_ready(cfg, total, workers)
-    ref, upload = _config_ref(config, cfg)
+    ref, upload = config_ref(config, cfg)
     args = ["train", "--config", ref]
     for o in overrides:
         args += ["--set", o]
