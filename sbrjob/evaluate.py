@@ -33,7 +33,10 @@ def _block_runner(model, metrics: RankingMetrics):
             keep = 1.0 - block["reset"][:, t][:, None]  # a new session starts here: zero the state first
             state = [s * keep for s in state]
             h, state = model.step(block["input"][:, t], state, training=False)
-            acc = metrics.update(acc, model.item_scores(h), block["target"][:, t], block["weight"][:, t])
+            # score only the lanes with a real event: the tail of a split is mostly padding
+            real = tf.where(block["weight"][:, t] > 0)[:, 0]
+            acc = metrics.update(acc, model.item_scores(tf.gather(h, real)), tf.gather(block["target"][:, t], real),
+                                 tf.gather(block["weight"][:, t], real))
         return acc, state
 
     return run_block

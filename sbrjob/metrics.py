@@ -33,14 +33,38 @@ def target_ranks(scores: tf.Tensor, targets: tf.Tensor, ties: str = "conservativ
         raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
     scores = tf.cast(scores, tf.float32)
     target_score = tf.gather(scores, tf.cast(targets, tf.int32)[:, None], batch_dims=1)  # [b, 1]
-    higher = tf.reduce_sum(tf.cast(scores > target_score, tf.float32), axis=1)
+    count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.float32), axis=1)
     if ties == "standard":
-        ranks = higher + 1.0
+        ranks = count(scores > target_score) + 1.0
+    elif ties == "conservative":  # one pass: the target itself is among the >=
+        ranks = count(scores >= target_score)
     else:
-        equal = tf.reduce_sum(tf.cast(scores == target_score, tf.float32), axis=1)  # includes the target
-        ranks = higher + equal if ties == "conservative" else higher + (equal + 1.0) / 2.0
+        higher = count(scores > target_score)
+        ranks = higher + (count(scores == target_score) + 1.0) / 2.0  # equal includes the target
     n_items = tf.cast(tf.shape(scores)[1], tf.float32)
     return tf.where(tf.math.is_nan(target_score[:, 0]), n_items, ranks)
+
+
+def top_k_indices(scores: tf.Tensor, k: int, group: int = 32) -> tf.Tensor:
+    """Indices of the k highest scores per row, highest first, lower index first among equals
+    (as `tf.math.top_k`), computed in two stages because the CPU TopK kernel is slow on wide rows.
+
+    Items are cut into groups of `group`; the k groups with the highest maxima contain the top k
+    items (a group holding one of them has a maximum at least the k-th score), so the exact top k
+    is taken over those k*group candidates only, kept in item order so ties still favour low indices.
+    """
+    n = scores.shape[-1]
+    if n is None or n <= 4 * k * group:
+        return tf.math.top_k(scores, k=k).indices
+    pad = -n % group
+    padded = tf.pad(scores, [[0, 0], [0, pad]], constant_values=float("-inf"))
+    grouped = tf.reshape(padded, [tf.shape(scores)[0], (n + pad) // group, group])
+    best_groups = tf.sort(tf.math.top_k(tf.reduce_max(grouped, axis=2), k=k).indices, axis=1)  # item order
+    candidates = tf.gather(grouped, best_groups, batch_dims=1)  # [b, k, group]
+    flat = tf.reshape(candidates, [tf.shape(scores)[0], k * group])
+    pick = tf.math.top_k(flat, k=k).indices
+    item = tf.reshape(best_groups[:, :, None] * group + tf.range(group)[None, None, :], [-1, k * group])
+    return tf.gather(item, pick, batch_dims=1)
 
 
 def rank_metrics(ranks: tf.Tensor, k: int) -> dict[str, tf.Tensor]:
@@ -93,7 +117,7 @@ class RankingMetrics:
         scores = tf.cast(scores, tf.float32)
         w = tf.ones_like(scores[:, 0]) if weights is None else tf.cast(weights, tf.float32)
         ranks = target_ranks(scores, targets, self.ties)
-        top = tf.math.top_k(scores, k=self.top, sorted=True).indices  # [b, top]
+        top = top_k_indices(scores, self.top)  # [b, top]
         out = {"events": acc["events"] + tf.reduce_sum(w)}
         sums = {name: [] for name in self.ACCURACY + ("popularity",)}
         covered = []

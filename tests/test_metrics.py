@@ -103,3 +103,17 @@ def test_streaming_equals_one_batch():
     ranks = (scores > scores[np.arange(50), targets][:, None]).sum(1) + 1
     assert a["recall@5"] == pytest.approx(np.mean(ranks <= 5))
     assert a["mrr@10"] == pytest.approx(np.mean(np.where(ranks <= 10, 1 / ranks, 0)))
+
+
+@pytest.mark.parametrize("n, k", [(3700, 20), (1000, 7), (129, 1)])
+def test_two_stage_top_k_equals_top_k(n, k):
+    import tensorflow as tf
+
+    from sbrjob.metrics import top_k_indices
+
+    rng = np.random.default_rng(n)
+    smooth = rng.normal(size=(64, n)).astype(np.float32)
+    tied = rng.integers(0, 5, size=(64, n)).astype(np.float32)  # massive ties across the cut
+    for scores in (smooth, tied):
+        got = top_k_indices(tf.constant(scores), k, group=8).numpy()
+        np.testing.assert_array_equal(got, tf.math.top_k(scores, k=k).indices.numpy())
