@@ -111,7 +111,11 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
     split: Annotated[str, typer.Option(help="test or valid.")] = "test",
 ) -> None:
-    """Full-ranking evaluation (official GRU4Rec protocol): Recall, MRR, NDCG, coverage and popularity at each cutoff."""
+    """Full-ranking evaluation (official GRU4Rec protocol): Recall, MRR, NDCG, coverage and popularity at each cutoff.
+
+    Every position of every session is predicted from a zero state at the session start; the true
+    next item is ranked against all items (ties: eval.ties). Writes OUTPUT_DIR/eval_<split>.json.
+    """
     from sbrjob.evaluate import evaluate_run
 
     _print_json(evaluate_run(_load(config, set_), checkpoint=checkpoint, split=split))
@@ -119,10 +123,15 @@ def evaluate(
 
 @app.command()
 def baselines(config: ConfigOpt, set_: SetOpt = None) -> None:
-    """Most-popular, S-POP, item-kNN and session-kNN on the same splits and metrics; prints a comparison with the trained model."""
+    """Most-popular, S-POP, item-kNN and session-kNN on the same splits and metrics; prints a comparison with the trained model.
+
+    Fits on the train split, evaluates on the test split with the same full-ranking metrics as
+    `evaluate`; writes OUTPUT_DIR/baselines.json and comparison.md (with GRU4Rec's test metrics
+    when the run has them). Choose baselines and kNN sizes in the config's eval section.
+    """
     from sbrjob.baselines import run_baselines
 
-    run_baselines(_load(config, set_))
+    typer.echo(run_baselines(_load(config, set_))["table"], nl=False)
 
 
 @app.command()
@@ -131,23 +140,44 @@ def recommend(
     items: Annotated[str, typer.Option(help="The session so far: comma-separated original item ids (or MovieLens titles).")],
     k: Annotated[int, typer.Option("-k", help="How many items to recommend.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    include_seen: Annotated[bool, typer.Option("--include-seen", help="Allow items already in the session (left out by default).")] = False,
+    checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
 ) -> None:
-    """Top-k next items for a session, with scores and titles when known."""
+    """Top-k next items for a session, with scores and titles when known.
+
+    Items are original ids or, for MovieLens, titles matched forgivingly (case, accents, punctuation,
+    optional year, "The Matrix" = "Matrix, The (1999)"); separate them with commas (or ';' when titles
+    contain commas). Unknown items are reported and skipped. Example:
+
+    \b
+      sbrjob recommend --run runs/movielens --items "1193, Toy Story, matrix" -k 5
+    """
     from sbrjob.recommend import recommend as run_recommend
 
-    run_recommend(run, items, k=k, as_json=as_json)
+    run_recommend(run, items, k=k, as_json=as_json, exclude_seen=not include_seen, checkpoint=checkpoint)
 
 
 @app.command("export-model")
 def export_model(
     run: Annotated[str, typer.Option("--run", help="A run directory (the job's output_dir).")],
     k: Annotated[int, typer.Option("-k", help="Top-k returned by the serving signature.")] = 20,
-    to: Annotated[Optional[str], typer.Option(help="Destination; default RUN/saved_model.")] = None,
+    to: Annotated[Optional[str], typer.Option(help="Destination (local or gs://); default RUN/saved_model.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
 ) -> None:
-    """Write a SavedModel whose serving signature maps item-id histories to top-k item ids and scores."""
+    """Write a SavedModel whose serving signature maps item-id histories to top-k item ids and scores.
+
+    Load it anywhere with plain TensorFlow (no sbrjob needed):
+
+    \b
+      m = tf.saved_model.load(PATH)
+      out = m.signatures["serving_default"](items=tf.constant([["1193", "661", ""]]))
+      out["item_ids"], out["scores"], out["known"]   # [batch, k], [batch, k], [batch]
+
+    Rows are histories, oldest first; "" is padding and unknown ids are skipped.
+    """
     from sbrjob.serving import export_saved_model
 
-    typer.echo(export_saved_model(run, k=k, dest=to))
+    typer.echo(export_saved_model(run, k=k, dest=to, checkpoint=checkpoint))
 
 
 @app.command()
