@@ -61,6 +61,14 @@ def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, spli
     return manifest
 
 
+def _check_items(item: np.ndarray, n_items: int, where: str) -> None:
+    """Item indices must address the vocabulary: a bad one would silently train on the wrong row."""
+    if len(item) and (item.min() < 0 or item.max() >= n_items):
+        bad = item.min() if item.min() < 0 else item.max()
+        raise SbrjobError(f"{where}: item index {bad} outside the vocabulary 0..{n_items - 1}; "
+                          "the prepared data is inconsistent: delete it and re-run `sbrjob prepare`")
+
+
 def is_current(split_dir: str, data_fingerprint: str, cfg: JobConfig) -> bool:
     """True when the split's shards exist, in this format, for this data and these export settings."""
     try:
@@ -89,6 +97,7 @@ def export(cfg: JobConfig, force: bool = False) -> dict:
             out[split] = shards.read_manifest(split_dir)
             continue
         frame = prepare.load_split(data_dir, split)
+        _check_items(frame["item"].to_numpy(), data["n_items"], join(data_dir, f"{split}.parquet"))
         order = None
         if cfg.export.shuffle_sessions:  # one permutation per split, derived from the seed
             order = np.random.default_rng([cfg.seed, SPLITS.index(split)]).permutation(

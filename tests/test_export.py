@@ -147,12 +147,34 @@ def test_missing_prepared_manifest_is_an_error(tmp_path, monkeypatch):
         export.export(cfg)
 
 
-def test_ensure_exported_from_raw_sample_data(tmp_path):
-    cfg = config.load_config("tiny", [f"output_dir={tmp_path / 'tiny'}"])
-    manifests = export.ensure_exported(cfg)
-    e = cfg.export
-    assert (manifests["train"]["lanes"], manifests["train"]["block_steps"]) == (e.batch_size, e.block_steps)
+def test_item_outside_the_vocabulary_is_refused(tmp_path):
+    cfg = make_config(tmp_path)
+    frames = write_prepared(cfg)
+    frames["test"].loc[3, "item"] = N_ITEMS
+    frames["test"].to_parquet(Path(cfg.data_dir) / "test.parquet", index=False)
+    with pytest.raises(SbrjobError, match=f"test.parquet: item index {N_ITEMS} outside the vocabulary"):
+        export.export(cfg)
+    assert not Path(cfg.shards_dir, "test").exists()
+
+
+def test_cli_export_then_ensure_exported_from_raw_sample_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from sbrjob.cli import app
+
+    out_dir = tmp_path / "tiny"
+    result = CliRunner().invoke(app, ["export", "--config", "tiny", "--set", f"output_dir={out_dir}"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{"):])
+    cfg = config.load_config("tiny", [f"output_dir={out_dir}"])
+    shard = Path(cfg.shards_dir) / "train" / shards.shard_name(0, cfg.export.shards)
+    written = shard.stat().st_ino
+    manifests = export.ensure_exported(cfg)  # current: reused, not rewritten
+    assert shard.stat().st_ino == written
     for split in ("train", "valid", "test"):
+        assert summary[split] == {k: manifests[split][k] for k in summary[split]}
         frame = prepare.load_split(cfg.data_dir, split)
         assert shard_pairs(config.join(cfg.shards_dir, split)) == split_pairs(frame)
+    e = cfg.export
+    assert (manifests["train"]["lanes"], manifests["train"]["block_steps"]) == (e.batch_size, e.block_steps)
     assert manifests["train"]["padding"] < 0.1
