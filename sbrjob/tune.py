@@ -474,7 +474,7 @@ def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
         echo(f"[{n}/{trials}] trial {trial.number:03d} {state:8s} {value}  {best_txt}  "
              f"{trial.user_attrs.get('seconds', '?')}s  {params_txt}")
         if local_db is not None:
-            storage.write_bytes(join(tune_dir, "study.db"), local_db.read_bytes())
+            storage.put_file(local_db, join(tune_dir, "study.db"))
 
     if todo:
         study.optimize(objective, n_trials=todo, callbacks=[progress], gc_after_trial=True)

@@ -16,10 +16,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from sbrjob import storage
 from sbrjob import tune as T
 from sbrjob.cli import app
 from sbrjob.config import load_config
 from sbrjob.errors import SbrjobError
+from test_storage import emulator, gcs  # noqa: F401  (the local GCS emulator fixtures)
 
 
 def tiny(tmp_path: Path, *extra: str):
@@ -54,9 +56,7 @@ class FakeTrain:
                 break
         best = max(epochs, key=lambda r: r["valid"]["mrr@20"])
         metrics = {"epochs": epochs, "best_epoch": best["epoch"], "test": {"recall@20": 1 - q, "mrr@20": 1 - q}}
-        out = Path(cfg.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics))
+        storage.write_text(cfg.metrics_path, json.dumps(metrics))  # local or gs://
         return metrics
 
     def __call__(self, cfg, reexport=False):
@@ -155,6 +155,19 @@ def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path, fake_cls):
     rows = {r["trial"]: r for r in out["leaderboard"]}
     assert [rows[i]["state"] for i in range(4)] == ["complete"] * 3 + ["pruned"]
     assert out["best"]["trial"] == 0
+
+
+def test_study_with_output_dir_on_gs_resumes_from_the_bucket(gcs, tmp_path):
+    cfg = load_config("tiny", [f"output_dir={gcs}/run"])
+    first = FakeTrain(lr_score)
+    T.tune(cfg, trials=2, train_fn=first, echo=lambda s: None)
+    files = storage.list_files(f"{gcs}/run/tune")
+    assert {"study.db", "leaderboard.csv", "leaderboard.json", "best.yaml", "tune_report.png",
+            "trial-000/metrics.json", "trial-001/metrics.json"} <= set(files)
+    second = FakeTrain(lr_score)
+    out = T.tune(cfg, trials=3, train_fn=second, echo=lambda s: None)  # the study comes back from gs://
+    assert len(second.trials) == 1 and out["finished"] == 3
+    assert second.trials[0].output_dir == f"{gcs}/run/tune/trial-002"
 
 
 def _mk(p: Path) -> Path:
@@ -274,3 +287,32 @@ def test_fixed_loss_decides_conditionals_in_the_vertex_spec(tmp_path):
     assert "train.bpreg" in ids and "train.sample_alpha" in ids and upload is None
     xe, _ = T.vertex_tuning_job("tiny", 10, overrides=["output_dir=gs://b/r"], image="img")
     assert "train.bpreg" not in [p["parameterId"] for p in xe["studySpec"]["parameters"]]
+
+
+@pytest.mark.slow
+def test_tiny_study_with_real_training_and_best_yaml_round_trip(tmp_path):
+    from sbrjob.train import train
+
+    cfg = tiny(tmp_path, "train.epochs=1")
+    space = write_space(tmp_path, (  # small models and a fixed batch: trials share prepared data AND shards
+        "model.layers: {low: 16, high: 48, step: 16}\n"
+        "export.batch_size: null\n"))
+    out = T.tune(cfg, trials=3, space=space, echo=lambda s: None)
+    run = tmp_path / "run"
+    trial_dirs = sorted((run / "tune").glob("trial-*"))
+    assert [d.name for d in trial_dirs] == ["trial-000", "trial-001", "trial-002"]
+    for d in trial_dirs:
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["status"] == "done" and metrics["test"]["events"] > 0
+        assert (d / "data").resolve() == (run / "data").resolve()  # prepared once, in the parent
+    assert len({(d / "shards").resolve() for d in trial_dirs}) == 1  # exported once, then linked
+    rows = out["leaderboard"]
+    assert all(r["state"] == "complete" and r["events_per_s"] > 0 and 0 <= r["test_mrr@20"] <= 1 for r in rows)
+    best_row = rows[0]
+    assert best_row["valid_mrr@20"] == max(r["valid_mrr@20"] for r in rows)
+
+    best = load_config(str(run / "tune" / "best.yaml"), [f"output_dir={tmp_path / 'retrain'}"])
+    assert best.model.layers == [best_row["model.layers"]] and best.train.lr == pytest.approx(best_row["train.lr"])
+    again = train(best)
+    # same config + seed -> the same validation score as the trial that chose it
+    assert again["epochs"][-1]["valid"]["mrr@20"] == pytest.approx(best_row["valid_mrr@20"], rel=1e-6)
