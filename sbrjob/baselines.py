@@ -91,6 +91,7 @@ class Chunk:
     item: np.ndarray
     rows: np.ndarray
     first: np.ndarray
+    starts: np.ndarray  # session offsets within the chunk [sessions + 1]
 
     @property
     def targets(self) -> np.ndarray:
@@ -117,7 +118,7 @@ def chunks(sessions: Sessions, n_items: int, cells: int = CHUNK_CELLS) -> Iterat
         rows = np.concatenate([np.arange(a, b - 1) for a, b in zip(starts[:-1], starts[1:])]) \
             if e > s else np.zeros(0, np.int64)
         first = np.repeat(starts[:-1], np.maximum(lengths - 1, 0))
-        yield Chunk(sessions.item[lo:hi], rows.astype(np.int64), first.astype(np.int64))
+        yield Chunk(sessions.item[lo:hi], rows.astype(np.int64), first.astype(np.int64), starts.astype(np.int64))
         s = e
 
 
@@ -188,39 +189,72 @@ class VSKNN:
 
     def fit(self, train: Sessions, n_items: int) -> "VSKNN":
         self.n_items, self.n_sessions = n_items, train.n
-        self.x = train.session_items(n_items)  # rows: oldest -> most recent
+        x = train.session_items(n_items)  # rows: oldest -> most recent
+        session, item = x.indices.numpy().T
+        self.sess_ptr = np.searchsorted(session, np.arange(train.n + 1))  # session -> its items
+        self.sess_items = item.astype(np.int64)
+        by_item = np.lexsort((session, item))  # item -> the sessions holding it (inverted index)
+        self.item_ptr = np.searchsorted(item[by_item], np.arange(n_items + 1))
+        self.item_sess = session[by_item].astype(np.int64)
         return self
 
-    def prefix_weights(self, chunk: Chunk) -> np.ndarray:
-        """[rows, n_items]: the item at position p (latest occurrence) of a t-event prefix weighs p/t."""
-        latest = np.maximum.accumulate(chunk.one_hot(self.n_items, np.arange(1, len(chunk.item) + 1)), axis=0)
-        latest = latest[chunk.rows] - chunk.first[:, None]  # 1-based position in the session, <= 0 if absent
-        length = (chunk.rows - chunk.first + 1)[:, None]
-        return np.where(latest > 0, latest / length, 0.0).astype(np.float32)
+    def similarities(self, item: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """[prediction rows, train sessions]: sum of the prefix weights p/t of the items they share.
+
+        Built incrementally along each session: when item x arrives at position t its weight
+        becomes t (replacing an earlier occurrence's), which adds t - previous position to every
+        train session holding x; a cumulative sum then gives every prefix at once.
+        """
+        n_ev = len(item)
+        lengths = np.diff(starts)
+        sess = np.repeat(np.arange(len(lengths)), lengths)
+        pos = np.arange(n_ev) - starts[sess] + 1  # 1-based position in the session
+        order = np.lexsort((np.arange(n_ev), item, sess))
+        same = (sess[order][1:] == sess[order][:-1]) & (item[order][1:] == item[order][:-1])
+        prev = np.zeros(n_ev, np.int64)
+        prev[order[1:][same]] = pos[order[:-1][same]]
+        count = self.item_ptr[item + 1] - self.item_ptr[item]
+        event = np.repeat(np.arange(n_ev), count)
+        offset = np.repeat(self.item_ptr[item] - np.cumsum(count) + count, count) + np.arange(count.sum())
+        delta = np.zeros((n_ev, self.n_sessions), np.float32)
+        delta[event, self.item_sess[offset]] = (pos - prev)[event]
+        total = np.cumsum(delta, axis=0)
+        rows = np.flatnonzero(pos < lengths[sess])  # every event but a session's last is a prefix end
+        first = starts[sess[rows]]
+        before = np.where((first > 0)[:, None], total[np.maximum(first - 1, 0)], 0.0)
+        return (total[rows] - before) / pos[rows][:, None]
+
+    def votes(self, sims: np.ndarray) -> np.ndarray:
+        """Item scores [rows, n_items] from the neighbours chosen among the recent candidates."""
+        shares = sims > 0
+        recent = np.cumsum(shares[:, ::-1], axis=1)  # most recent first: how many sharing sessions so far
+        masked = np.where(shares[:, ::-1] & (recent <= self.sample), sims[:, ::-1], -1.0).astype(np.float32)
+        k = min(self.neighbors, self.n_sessions)
+        top = tf.math.top_k(masked, k=k)  # ties: lower index = more recent session
+        weight, session = top.values.numpy(), self.n_sessions - 1 - top.indices.numpy()
+        row, col = np.nonzero(weight > 0)
+        session, weight = session[row, col], weight[row, col]
+        count = self.sess_ptr[session + 1] - self.sess_ptr[session]
+        offset = np.repeat(self.sess_ptr[session] - np.cumsum(count) + count, count) + np.arange(count.sum())
+        flat = np.repeat(row, count) * self.n_items + self.sess_items[offset]
+        scores = np.bincount(flat, weights=np.repeat(weight, count), minlength=len(sims) * self.n_items)
+        return scores.reshape(len(sims), self.n_items).astype(np.float32)
 
     def score(self, chunk: Chunk) -> np.ndarray:
-        w = self.prefix_weights(chunk)
-        out = []
-        step = max(1, CHUNK_CELLS // max(self.n_sessions, 1))
-        for lo in range(0, len(w), step):
-            out.append(self._score(tf.constant(w[lo:lo + step])).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.n_items), np.float32)
-
-    @tf.function(reduce_retracing=True)
-    def _score(self, w):
-        sims = tf.transpose(tf.sparse.sparse_dense_matmul(self.x, w, adjoint_b=True))  # [rows, sessions]
-        sims = tf.reverse(sims, axis=[1])  # most recent first
-        shares = sims > 0
-        recent_rank = tf.cumsum(tf.cast(shares, tf.float32), axis=1)
-        candidate = shares & (recent_rank <= self.sample)
-        k = min(self.neighbors, self.n_sessions)
-        top = tf.math.top_k(tf.where(candidate, sims, -1.0), k=k)  # ties: lower index = more recent
-        weight = tf.maximum(top.values, 0.0)
-        rows = tf.shape(w)[0]
-        session = self.n_sessions - 1 - top.indices  # back to oldest-first row numbers
-        nbr = tf.scatter_nd(tf.stack([tf.repeat(tf.range(rows), k), tf.reshape(session, [-1])], axis=1),
-                            tf.reshape(weight, [-1]), tf.stack([rows, self.n_sessions]))
-        return tf.transpose(tf.sparse.sparse_dense_matmul(self.x, nbr, adjoint_a=True, adjoint_b=True))
+        out = np.zeros((len(chunk.rows), self.n_items), np.float32)
+        budget = max(1, CHUNK_CELLS // max(self.n_sessions, 1))  # events per [events, sessions] area
+        a, done = 0, 0
+        n_chunk = len(chunk.starts) - 1
+        while a < n_chunk:
+            b = a + 1
+            while b < n_chunk and chunk.starts[b + 1] - chunk.starts[a] <= budget:
+                b += 1
+            lo, hi = chunk.starts[a], chunk.starts[b]
+            sims = self.similarities(chunk.item[lo:hi], chunk.starts[a:b + 1] - lo)
+            out[done:done + len(sims)] = self.votes(sims)
+            done += len(sims)
+            a = b
+        return out
 
 
 def make_baseline(name: str, ev: EvalConfig):

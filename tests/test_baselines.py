@@ -64,15 +64,38 @@ def test_itemknn_regularised_and_pruned():
 
 def test_vsknn_weights_and_scores():
     model = VSKNN(neighbors=2, sample=1000).fit(TRAIN, N)
-    chunk = next(chunks(TEST, N))
     # prefix weights p/t by latest position: [2] -> {2: 1}; [2, 1] -> {2: 1/2, 1: 1}; [2, 1, 2] -> {2: 1, 1: 2/3}
-    np.testing.assert_allclose(model.prefix_weights(chunk), [[0, 0, 1, 0, 0], [0, 1, .5, 0, 0], [0, 2 / 3, 1, 0, 0]])
+    # similarity to each train session = sum of the weights of the shared items
+    sims = model.similarities(TEST.item, TEST.start)
+    np.testing.assert_allclose(sims, [[1, 1, 1, 0], [1.5, 1.5, .5, 1], [5 / 3, 5 / 3, 1, 2 / 3]], rtol=1e-6)
     # 1: sims s0 1, s1 1, s2 1, s3 0 -> the two most recent of the tie: s2 {2,3}, s1 {1,2}
     # 2: sims 1.5, 1.5, .5, 1 -> s0 {0,1,2}, s1 {1,2};  3: sims 5/3, 5/3, 1, 2/3 -> s0, s1
     want = [[0, 1, 2, 1, 0], [1.5, 3, 3, 0, 0], [5 / 3, 10 / 3, 10 / 3, 0, 0]]
     np.testing.assert_allclose(_scores(model), want, rtol=1e-6)
     r = _metrics(model)  # conservative ranks: target 1 -> 3 (ties item 3), 2 -> 2, 0 -> 3
     assert r["mrr@5"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 3) / 3)
+
+
+def test_vsknn_matches_brute_force_on_random_data():
+    rng = np.random.default_rng(5)
+    train = Sessions.from_lists([list(rng.integers(0, 9, size=n)) for n in rng.integers(2, 8, size=30)])
+    test = Sessions.from_lists([list(rng.integers(0, 9, size=n)) for n in rng.integers(2, 10, size=6)])
+    model = VSKNN(neighbors=4, sample=10).fit(train, 9)
+    got = np.concatenate([model.score(c) for c in chunks(test, 9, cells=9 * 12)])
+    train_sets = [set(train.item[a:b]) for a, b in zip(train.start[:-1], train.start[1:])]
+    want = []
+    for a, b in zip(test.start[:-1], test.start[1:]):
+        for t in range(1, b - a):
+            prefix = list(test.item[a:a + t])
+            weight = {i: (max(p for p, j in enumerate(prefix) if j == i) + 1) / t for i in prefix}
+            sims = np.array([sum(weight.get(i, 0) for i in s) for s in train_sets])
+            recent = [j for j in range(len(train_sets) - 1, -1, -1) if sims[j] > 0][:10]
+            best = sorted(recent, key=lambda j: -sims[j])[:4]  # stable: more recent first among equals
+            row = np.zeros(9)
+            for j in best:
+                row[list(train_sets[j])] += sims[j]
+            want.append(row)
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-5, atol=1e-6)
 
 
 def test_vsknn_sample_keeps_most_recent_candidates():
