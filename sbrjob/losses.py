@@ -15,13 +15,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from sbrjob.model import hash_uniform
+
 MASKED = -1e9  # a finite "minus infinity": exp() is exactly 0 and 0 * MASKED stays finite
 
 
 class NegativeSampler:
     """Draws `n_sample` items ∝ support**alpha with stateless randomness: a (seed, step) pair fixes the draw.
 
-    Inverse-CDF sampling (searchsorted) costs O(n_sample log n_items) per step, independent of the
+    Inverse-CDF sampling (searchsorted) of hashed uniforms costs O(n_sample log n_items) per step, independent of the
     catalogue's size, and every replica given the same (seed, step) draws the same items.
     """
 
@@ -40,7 +42,7 @@ class NegativeSampler:
 
     def draw(self, seed) -> tf.Tensor:
         """`n_sample` item indices (int32) for the step identified by `seed` ([2] ints)."""
-        u = tf.random.stateless_uniform([self.n_sample], seed=seed)
+        u = hash_uniform([self.n_sample, 1], seed, salt=1)[:, 0]  # same numbers on every replica, CPU or XLA
         idx = tf.searchsorted(self.cdf, u, side="right", out_type=tf.int32)
         return tf.minimum(idx, self.n_items - 1)
 

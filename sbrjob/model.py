@@ -10,9 +10,9 @@ default (`reset_after=True`) is a different model. Input modes:
   [n_items, 3H] matrix (a dense one-hot matmul would cost n_items x 3H per event).
 
 Dropout (probability of dropping) is applied to the input embedding and to every layer's output
-that flows upwards; the carried hidden state itself is never dropped. Randomness is stateless
-(seeded per step) so a resumed run draws the same masks, and masks are drawn for the global batch
-then sliced, so a replica's lanes see exactly what they would see in a single-replica run.
+that flows upwards; the carried hidden state itself is never dropped. Masks come from a
+counter-based hash of (seed, step, position in the GLOBAL batch): a resumed run draws the same
+masks, a replica's lanes get exactly the masks of a single-replica run, and XLA agrees with CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +26,37 @@ def glorot(rng: tf.random.Generator, fan_in: int, fan_out: int, gates: int = 1) 
     """Glorot-uniform per gate: each [fan_in, fan_out] gate block gets its own limit, blocks side by side."""
     limit = math.sqrt(6.0 / (fan_in + fan_out))
     return tf.concat([rng.uniform((fan_in, fan_out), -limit, limit) for _ in range(gates)], axis=1)
+
+
+def _mix32(x):
+    """lowbias32 (C. Wellons): a strong 32-bit integer mixing function."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def hash_uniform(shape, seed, salt: int = 0, row_offset=0) -> tf.Tensor:
+    """Uniform [0, 1) numbers that depend only on (seed [2] ints, salt, element position).
+
+    A counter-based hash in plain integer ops: identical on CPU, GPU and under XLA, which TF's
+    stateless random ops are not (XLA uses another Philox mapping). Element (i, j) of a [rows, cols]
+    tensor is numbered (row_offset + i) * cols + j, so a replica drawing its own rows of a global
+    batch gets exactly that slice of the global draw.
+    """
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    cols = tf.reduce_prod(shape[1:])
+    rows = tf.range(shape[0]) + tf.cast(row_offset, tf.int32)
+    index = tf.reshape(rows[:, None] * cols + tf.range(cols)[None, :], shape)
+    seed = tf.cast(seed, tf.int64)
+    lo = lambda v: tf.cast(tf.bitwise.bitwise_and(v, 0xFFFFFFFF), tf.uint32)  # noqa: E731
+    hi = lambda v: tf.cast(tf.bitwise.right_shift(v, 32), tf.uint32)  # noqa: E731
+    key = _mix32(lo(seed[0]) ^ tf.constant((0x9E3779B9 * (salt + 1)) & 0xFFFFFFFF, tf.uint32))
+    for part in (hi(seed[0]), lo(seed[1]), hi(seed[1])):
+        key = _mix32(key ^ part)
+    h = _mix32(_mix32(tf.cast(index, tf.uint32) ^ key) + key)
+    return tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) * (1.0 / (1 << 24))
 
 
 class GRULayer(tf.Module):
@@ -83,11 +114,9 @@ class GRU4Rec(tf.Module):
             return x
         if seed is None:
             return tf.nn.dropout(x, rate)
-        offset, total = lanes if lanes is not None else (0, tf.shape(x)[0])
-        seed = tf.cast(seed, tf.int64) + tf.constant([0, 1_000_003], tf.int64) * salt
-        u = tf.random.stateless_uniform(tf.stack([total, tf.shape(x)[1]]), seed=seed)
-        keep = tf.slice(u, tf.stack([offset, 0]), tf.shape(x)) >= rate
-        return tf.where(keep, x / (1.0 - rate), tf.zeros_like(x))
+        offset = 0 if lanes is None else lanes[0]
+        u = hash_uniform(tf.shape(x), seed, salt, row_offset=offset)
+        return tf.where(u >= rate, x / (1.0 - rate), tf.zeros_like(x))
 
     def step(self, items, state, training: bool = False, dropout_seed=None, lanes=None):
         """Advance every lane by one event: items [b] int32, state list of [b, H_l] -> (h [b, H_last], new_state).
