@@ -42,7 +42,7 @@ docker-run:
 	IMAGE=$(IMAGE) bash scripts/container_ci.sh run $(ARGS)
 
 # What CI runs: build, then `--help` and `train --config tiny` in the image, asserting on the output.
-docker-ci:
+docker-ci: install
 	IMAGE=$(IMAGE) bash scripts/container_ci.sh ci
 
 clean:
