@@ -19,8 +19,8 @@ def split_events(n_sessions=60, seed=0):
     return session, rng.integers(0, 500, session.size).astype(np.int32)
 
 
-def write(tmp_path, name="train", lanes=LANES, n_shards=2, seed=0):
-    session, item = split_events(seed=seed)
+def write(tmp_path, name="train", lanes=LANES, n_shards=2, seed=0, n_sessions=60):
+    session, item = split_events(n_sessions, seed=seed)
     dest = tmp_path / name
     manifest = export.write_split(session, item, dest, split=name, lanes=lanes, n_shards=n_shards, block_steps=T)
     return str(dest), manifest, batching.layout(session, item, lanes, T)
@@ -49,8 +49,9 @@ def numpy_blocks(ds):
     return [{k: v.numpy() for k, v in b.items()} for b in ds]
 
 
-def test_round_trip_all_shards_and_single_shards(tmp_path):
-    split_dir, manifest, lay = write(tmp_path)
+@pytest.mark.parametrize("n_sessions", [60, 300])  # fewer / more blocks than one read batch
+def test_round_trip_all_shards_and_single_shards(tmp_path, n_sessions):
+    split_dir, manifest, lay = write(tmp_path, n_sessions=n_sessions)
     assert manifest["blocks"] == lay.steps // T and manifest["lanes_per_shard"] == LANES // 2
     assert_blocks_equal(numpy_blocks(shards.block_dataset(split_dir)), blocks_of(lay))
     assert_blocks_equal(numpy_blocks(shards.block_dataset(split_dir, [1])), blocks_of(lay, slice(4, 8)))
@@ -135,7 +136,8 @@ def test_default_strategy_gets_the_whole_batch(tmp_path):
 
 @pytest.mark.parametrize("n_shards", [2, 1])
 def test_mirrored_each_replica_gets_its_lanes_in_step_order(tmp_path, n_shards):
-    split_dir, _, lay = write(tmp_path, n_shards=n_shards)
+    split_dir, manifest, lay = write(tmp_path, n_shards=n_shards, n_sessions=300)
+    assert manifest["blocks"] > shards.READ_BATCH and manifest["blocks"] % shards.READ_BATCH
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     got = [[], []]
@@ -148,7 +150,7 @@ def test_mirrored_each_replica_gets_its_lanes_in_step_order(tmp_path, n_shards):
 
 def test_multi_worker_pipeline_reads_only_its_own_shards(tmp_path):
     # 2 workers x 2 replicas over 4 shards of 2 lanes: worker 1 serves replicas 2 and 3.
-    split_dir, _, lay = write(tmp_path, n_shards=4)
+    split_dir, _, lay = write(tmp_path, n_shards=4, n_sessions=300)
     for k in (0, 1):  # worker 0's shards: worker 1 must not need them
         (tmp_path / "train" / shards.shard_name(k, 4)).unlink()
     ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=4)
