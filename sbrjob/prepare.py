@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 class Log:
     """Events grouped into sessions: rows sorted by (session, time, item); `session` is 0..n-1 and contiguous."""
 
-    session: np.ndarray  # int64
+    session: np.ndarray  # int32 (cast to int64 on output; 2^31 sessions would not fit in memory anyway)
     item: np.ndarray  # int32 codes into item_ids
     item_ids: np.ndarray  # object array of str
     time: np.ndarray  # float64
@@ -72,8 +72,8 @@ def _run_starts(values: np.ndarray) -> np.ndarray:
 
 def _renumber(session: np.ndarray) -> np.ndarray:
     if not len(session):
-        return session.astype(np.int64)
-    return np.cumsum(_run_starts(session), dtype=np.int64) - 1
+        return session.astype(np.int32)
+    return np.cumsum(_run_starts(session), dtype=np.int32) - 1
 
 
 # ---------------------------------------------------------------- sessions
@@ -82,23 +82,31 @@ def _renumber(session: np.ndarray) -> np.ndarray:
 def sessionize(ev: Events, gap: Optional[float]) -> Log:
     """Sort by (key, time, item); session-keyed data keeps its ids, user-keyed data is cut at gaps > `gap`."""
     if _sorted_by_key_time(ev.key, ev.time):
-        order = None  # the common case for logs written session by session: skip the 3-key sort
+        key, item, t = ev.key, ev.item, ev.time  # logs written session by session: skip the big sort
     else:
         order = np.lexsort((ev.item, ev.time, ev.key))
-    key = ev.key if order is None else ev.key[order]
-    item = ev.item if order is None else ev.item[order]
-    t = ev.time if order is None else ev.time[order]
+        key, item, t = ev.key[order], ev.item[order], ev.time[order]
+        del order
     new = _run_starts(key)
     if ev.keyed_by == "user" and gap is not None:
         new[1:] |= np.diff(t) > gap
-    session = np.cumsum(new, dtype=np.int64) - 1
-    if order is None:
-        # equal timestamps within a session must still be ordered by item
-        tie = ~new[1:] & (t[1:] == t[:-1]) & (item[1:] < item[:-1])
-        if tie.any():
-            order = np.lexsort((item, t, session))
-            item, t = item[order], t[order]  # session ids stay: the order only moves rows within sessions
+    session = np.cumsum(new, dtype=np.int32) - 1
+    item, t = _order_ties(session, item, t)
     return Log(session, item, ev.item_ids, t)
+
+
+def _order_ties(session: np.ndarray, item: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows sorted by (session, time): order equal timestamps by item, sorting only the sessions that need it."""
+    unordered = (session[1:] == session[:-1]) & (t[1:] == t[:-1]) & (item[1:] < item[:-1])
+    if not unordered.any():
+        return item, t
+    touched = np.zeros(int(session[-1]) + 1, dtype=bool)
+    touched[session[1:][unordered]] = True
+    rows = np.flatnonzero(touched[session])
+    order = rows[np.lexsort((item[rows], t[rows], session[rows]))]
+    item, t = item.copy(), t.copy()
+    item[rows], t[rows] = item[order], t[order]
+    return item, t
 
 
 def _sorted_by_key_time(key: np.ndarray, t: np.ndarray) -> bool:
@@ -134,28 +142,39 @@ def _add(total: dict, part: dict) -> None:
 
 
 def filter_sessions_items(log: Log, min_length: int, min_support: int, removed: dict) -> Log:
-    """Drop short sessions and rare items, repeated until neither removes anything (a fixed point)."""
-    by_length, by_support = {}, {}
-    changed = True
-    while changed and len(log):
+    """Drop short sessions and rare items, repeated until neither removes anything (a fixed point).
+
+    Works on a mask of live rows and copies the log once at the end: at 33M events each copy costs
+    ~0.7 GB, the mask 33 MB.
+    """
+    n_items = len(log.item_ids)
+    alive = np.ones(len(log), dtype=bool)
+    lengths = log.lengths()
+    support = np.bincount(log.item, minlength=n_items)
+    totals = {"min_session_length": dict.fromkeys(("events", "sessions", "items"), 0),
+              "min_item_support": dict.fromkeys(("events", "sessions", "items"), 0)}
+
+    def count() -> tuple[int, int, int]:
+        return int(lengths.sum()), int(np.count_nonzero(lengths)), int(np.count_nonzero(support))
+
+    while True:
         changed = False
-        before = _counts(log)
-        lengths = log.lengths()
-        if (lengths < min_length).any():
-            log = log.keep_sessions(lengths >= min_length)
-            _add(by_length, _removed(before, _counts(log)))
+        for name, drop in (("min_session_length", lambda: alive & (lengths < min_length)[log.session]),
+                           ("min_item_support", lambda: alive & (support < min_support)[log.item])):
+            gone = drop()
+            if not gone.any():
+                continue
+            before = count()
+            alive &= ~gone
+            lengths -= np.bincount(log.session[gone], minlength=len(lengths))
+            support -= np.bincount(log.item[gone], minlength=n_items)
+            for key, b, a in zip(("events", "sessions", "items"), before, count()):
+                totals[name][key] += b - a
             changed = True
-        before = _counts(log)
-        support = np.bincount(log.item, minlength=len(log.item_ids))
-        rare = support[log.item] < min_support
-        if rare.any():
-            log = log.keep(~rare)
-            _add(by_support, _removed(before, _counts(log)))
-            changed = True
-    zero = {"events": 0, "sessions": 0, "items": 0}
-    removed["min_session_length"] = by_length or zero
-    removed["min_item_support"] = by_support or zero
-    return log
+        if not changed:
+            break
+    removed.update(totals)
+    return log if alive.all() else log.keep(alive)
 
 
 def keep_last_days(log: Log, days: float) -> Log:
@@ -198,17 +217,33 @@ def assign_splits(log: Log, split_cfg) -> np.ndarray:
     return out
 
 
-def order_by_first_event(log: Log) -> Log:
-    """Renumber sessions in order of their first event (ties: last event, then old number)."""
+def split_by(log: Log, which: np.ndarray) -> dict[str, Log]:
+    """One Log per split, sessions renumbered in order of their first event (ties: last event, then
+    old number). A single gather of all rows; the splits are slices of it."""
+    if not len(log):
+        return {name: log for name in SPLITS}
     starts = log.starts()
     lengths = np.diff(np.append(starts, len(log)))
     first, last = session_bounds(log)
-    order = np.lexsort((np.arange(len(starts)), last, first))
+    order = np.lexsort((np.arange(len(starts)), last, first, which))
     new_lengths = lengths[order]
     new_starts = np.concatenate([[0], np.cumsum(new_lengths)[:-1]])
     rows = np.repeat(starts[order] - new_starts, new_lengths) + np.arange(len(log))
-    session = np.repeat(np.arange(len(order), dtype=np.int64), new_lengths)
-    return Log(session, log.item[rows], log.item_ids, log.time[rows])
+    item, t = log.item[rows], log.time[rows]
+    del rows
+    n_sessions = np.bincount(which, minlength=len(SPLITS))
+    out, s0, r0 = {}, 0, 0
+    for code, name in enumerate(SPLITS):
+        s1 = s0 + int(n_sessions[code])
+        r1 = r0 + int(new_lengths[s0:s1].sum())
+        session = np.repeat(np.arange(s1 - s0, dtype=np.int32), new_lengths[s0:s1])
+        out[name] = Log(session, item[r0:r1], log.item_ids, t[r0:r1])
+        s0, r0 = s1, r1
+    return out
+
+
+def order_by_first_event(log: Log) -> Log:
+    return split_by(log, np.zeros(log.n_sessions, dtype=np.int8))["train"]
 
 
 def to_vocabulary(log: Log, vocab: pd.Index) -> tuple[Log, np.ndarray]:
@@ -257,7 +292,8 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
             _add(removed.setdefault("drop_repeats", {}), _removed(before, _counts(log)))
         logs[split] = log
     if cfg.split.scheme == "given":
-        return logs  # passed through as given: no last_days / length / support filters
+        # passed through as given: no last_days / length / support filters, only sessions < 2 dropped
+        return {name: order_by_first_event(log.keep_sessions(log.lengths() >= 2)) for name, log in logs.items()}
 
     log = logs["train"]
     f = cfg.filter
@@ -270,8 +306,7 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
         raise SbrjobError(f"no sessions left after filter.min_session_length={f.min_session_length} and "
                           f"filter.min_item_support={f.min_item_support} (applied until nothing changes); "
                           "lower them")
-    which = assign_splits(log, cfg.split)
-    return {name: log.keep_sessions(which == code) for code, name in enumerate(SPLITS)}
+    return split_by(log, assign_splits(log, cfg.split))
 
 
 def _split_stats(log: Log) -> dict:
@@ -308,7 +343,9 @@ def _empty_split_error(cfg: JobConfig, split: str, stage: str) -> SbrjobError:
 def _write_split(path: str, log: Log) -> None:
     table = pa.table({"session": pa.array(log.session, pa.int64()), "item": pa.array(log.item, pa.int32()),
                       "time": pa.array(log.time, pa.float64())})
-    pq.write_table(table, path)
+    # sorted session ids delta-encode to almost nothing; raw float times barely compress, so skip it
+    pq.write_table(table, path, use_dictionary=["item"], column_encoding={"session": "DELTA_BINARY_PACKED"},
+                   compression={"session": "none", "item": "snappy", "time": "none"})
 
 
 def prepare(cfg: JobConfig) -> dict:
@@ -321,30 +358,28 @@ def prepare(cfg: JobConfig) -> dict:
         cfg.split.scheme == "fraction" and cfg.split.valid_fraction > 0) or (
         cfg.split.scheme == "days" and cfg.split.valid_days > 0)
     for split in SPLITS:
-        if split in logs and (split != "valid" or valid_wanted):
-            if cfg.split.scheme == "given":
-                logs[split] = logs[split].keep_sessions(logs[split].lengths() >= 2)
-            if not len(logs[split]):
-                raise _empty_split_error(cfg, split, "split")
+        if split in logs and (split != "valid" or valid_wanted) and not len(logs[split]):
+            raise _empty_split_error(cfg, split, "split")
 
     # vocabulary from train only, indexed in order of first appearance (sessions by first event)
-    train = order_by_first_event(logs["train"])
+    train = logs.pop("train")
     first_codes = pd.unique(train.item)
     vocab = pd.Index(train.item_ids[first_codes].astype(str), dtype=object)
     out = {"train": to_vocabulary(train, vocab)[0]}
     for split in ("valid", "test"):
         log = logs.get(split)
         if log is None or not len(log):
-            out[split] = Log(np.zeros(0, np.int64), np.zeros(0, np.int32), vocab.to_numpy(), np.zeros(0))
+            out[split] = Log(np.zeros(0, np.int32), np.zeros(0, np.int32), vocab.to_numpy(), np.zeros(0))
             continue
         before = _counts(log)
         log, known = to_vocabulary(log, vocab)
-        log = log.keep(known)
-        log = log.keep_sessions(log.lengths() >= 2) if len(log) else log
+        if not known.all():  # removing events can move a session's first event: renumber again
+            log = log.keep(known)
+            log = order_by_first_event(log.keep_sessions(log.lengths() >= 2)) if len(log) else log
         removed[f"unknown_items_{split}"] = _removed(before, _counts(log))
         if not len(log) and (split != "valid" or valid_wanted):
             raise _empty_split_error(cfg, split, "vocabulary")
-        out[split] = order_by_first_event(log) if len(log) else log
+        out[split] = log
 
     support = np.bincount(out["train"].item, minlength=len(vocab)).astype(np.int64)
     items = _items_table(cfg, vocab, support)

@@ -308,36 +308,52 @@ def _first_line(path: str) -> str:
 
 
 def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Dense int codes and the original values as strings (first-appearance order)."""
+    """Dense int codes and the original values as strings; codes follow the id order (numeric for
+    integer ids), so sorting by code within a timestamp means sorting by item id."""
     if pa.types.is_integer(col.type):
-        codes, uniques = pd.factorize(col.to_numpy(), sort=False)
+        codes, uniques = pd.factorize(col.to_numpy(), sort=True)
         return codes, uniques.astype(str).astype(object)
-    codes, uniques = pd.factorize(col.cast(pa.string()).to_numpy(zero_copy_only=False), sort=False)
+    codes, uniques = pd.factorize(col.cast(pa.string()).to_numpy(zero_copy_only=False), sort=True)
     return codes, np.asarray(uniques, dtype=object)
 
 
 def _seconds(col: pa.ChunkedArray, unit: str) -> np.ndarray:
     if pa.types.is_timestamp(col.type):
-        us = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64()).to_numpy()
-        return us / 1e6
-    t = col.cast(pa.float64()).to_numpy()
-    return t / 1000.0 if unit == "ms" else t
+        t = col.cast(pa.timestamp("us", tz=col.type.tz)).cast(pa.int64()).to_numpy().astype(np.float64)
+        t /= 1e6
+        return t
+    t = col.cast(pa.float64()).to_numpy().astype(np.float64, copy=True)  # writable, for += offset
+    if unit == "ms":
+        t /= 1000.0
+    return t
 
 
-def _events(table: pa.Table, key: str, item: str, time: str, rating: Optional[str], keyed_by: str,
-            time_unit: str, offset: float, bad: int, source: str) -> Events:
-    key_codes = table.column(key)
-    if pa.types.is_integer(key_codes.type):
-        k = key_codes.to_numpy().astype(np.int64, copy=False)
-    else:  # string keys: dense codes are as good as the ids for grouping
-        k = _codes(key_codes)[0].astype(np.int64)
-    codes, ids = _codes(table.column(item))
-    t = _seconds(table.column(time), time_unit)
+def _events(table: pa.Table, bad: int, source: str, key: str, item: str, time: str, rating: Optional[str],
+            keyed_by: str, time_unit: str = "s", offset: float = 0.0) -> Events:
+    """Convert the parsed columns one at a time, dropping each from the table as soon as it is
+    converted (the caller must not keep a reference): at 33M rows this halves the peak memory."""
+
+    def take(name: str) -> pa.ChunkedArray:
+        nonlocal table
+        col = table.column(name)
+        table = table.drop_columns([name])
+        return col
+
+    col = take(key)
+    if pa.types.is_integer(col.type):
+        k = col.to_numpy().astype(np.int64, copy=False)
+    else:  # string keys: dense codes group the same way
+        k = _codes(col)[0].astype(np.int64)
+    codes, ids = _codes(take(item))
+    codes = codes.astype(np.int32)
+    t = _seconds(take(time), time_unit)
     if offset:
-        t = t + offset
-    r = table.column(rating).cast(pa.float32()).to_numpy() if rating else None
-    return Events(key=k, item=codes.astype(np.int32), item_ids=ids, time=t.astype(np.float64, copy=False),
-                  rating=r, keyed_by=keyed_by, bad_lines=bad, sources=[source])
+        t += offset
+    r = take(rating).cast(pa.float32()).to_numpy() if rating else None
+    del col, table
+    pa.default_memory_pool().release_unused()
+    return Events(key=k, item=codes, item_ids=ids, time=t, rating=r, keyed_by=keyed_by, bad_lines=bad,
+                  sources=[source])
 
 
 # ---------------------------------------------------------------- the formats
@@ -351,12 +367,12 @@ def read_movielens(path: str, cfg: DataConfig) -> Events:
         if not need <= set(header):
             raise SbrjobError(f"{path}, line 1: expected a header with {sorted(need)}, got {header}")
         layout = Layout(",", {"userId": "int", "movieId": "int", "rating": "float", "timestamp": "float"})
-        table, bad = read_delimited(path, layout, cfg.on_bad_lines)
-        return _events(table, "userId", "movieId", "timestamp", "rating", "user", "s", cfg.time_offset, bad, path)
+        return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "userId", "movieId", "timestamp",
+                       "rating", "user", offset=cfg.time_offset)
     layout = Layout("::", {"user": "int", "item": "int", "rating": "float", "time": "float"},
                     names=("user", "item", "rating", "time"))
-    table, bad = read_delimited(path, layout, cfg.on_bad_lines)
-    return _events(table, "user", "item", "time", "rating", "user", "s", cfg.time_offset, bad, path)
+    return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "user", "item", "time", "rating", "user",
+                   offset=cfg.time_offset)
 
 
 def read_yoochoose(path: str, cfg: DataConfig) -> Events:
@@ -367,8 +383,8 @@ def read_yoochoose(path: str, cfg: DataConfig) -> Events:
                           f"(3 or 4 comma-separated fields), found {n_fields}")
     names = ("session", "time", "item", "category")[:n_fields]
     layout = Layout(",", {"session": "int", "time": "iso", "item": "int"}, names=names)
-    table, bad = read_delimited(path, layout, cfg.on_bad_lines)
-    return _events(table, "session", "item", "time", None, "session", "s", cfg.time_offset, bad, path)
+    return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "session", "item", "time", None,
+                   "session", offset=cfg.time_offset)
 
 
 def read_gru4rec(path: str, cfg: DataConfig) -> Events:
@@ -378,8 +394,8 @@ def read_gru4rec(path: str, cfg: DataConfig) -> Events:
     if not set(need) <= set(header):
         raise SbrjobError(f"{path}, line 1: expected a tab-separated header with {need}, got {header}")
     layout = Layout("\t", {"SessionId": "int", "ItemId": "int", "Time": "float"})
-    table, bad = read_delimited(path, layout, cfg.on_bad_lines)
-    return _events(table, "SessionId", "ItemId", "Time", None, "session", "s", cfg.time_offset, bad, path)
+    return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "SessionId", "ItemId", "Time", None,
+                   "session", offset=cfg.time_offset)
 
 
 def _table_separator(path: str, cfg: DataConfig) -> str:
@@ -401,10 +417,8 @@ def read_table(path: str, cfg: DataConfig) -> Events:
         wanted[cols["time"]] = "iso"
     if "rating" in cols:
         wanted[cols["rating"]] = "float"
-    name = Path(path).name.lower()
-    if name.endswith((".parquet", ".pq")):
-        table = _read_parquet(path, list(wanted))
-        bad = 0
+    if Path(path).name.lower().endswith((".parquet", ".pq")):
+        parsed = (_read_parquet(path, list(wanted)), 0)
     else:
         sep = _table_separator(path, cfg)
         header = next(csv.reader([_first_line(path).lstrip("\ufeff")], delimiter=sep))
@@ -419,9 +433,9 @@ def read_table(path: str, cfg: DataConfig) -> Events:
                 first = next(csv.reader([raw.decode("utf-8", "replace").rstrip("\r\n")], delimiter=sep))
                 if idx < len(first) and not _ZONE.search(first[idx].strip()):
                     wanted[cols["time"]] = "iso_naive"
-        table, bad = read_delimited(path, Layout(sep, wanted, quoted=True), cfg.on_bad_lines)
-    return _events(table, key, cols["item"], cols["time"], cols.get("rating"), keyed_by,
-                   cfg.time_unit, cfg.time_offset, bad, path)
+        parsed = read_delimited(path, Layout(sep, wanted, quoted=True), cfg.on_bad_lines)
+    return _events(*parsed, path, key, cols["item"], cols["time"], cols.get("rating"), keyed_by,
+                   cfg.time_unit, cfg.time_offset)
 
 
 def _read_parquet(path: str, columns: list[str]) -> pa.Table:

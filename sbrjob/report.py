@@ -43,8 +43,9 @@ def write_report(path: str, logs: dict, title: str = "") -> None:
         bottom = np.zeros(n_days)
         for name, log in present.items():
             per_day = np.bincount((np.floor(log.time / DAY) - day0).astype(np.int64), minlength=n_days)
-            ax_day.bar(np.arange(n_days), per_day, bottom=bottom, width=1.0, color=COLORS.get(name), label=name,
-                       linewidth=0)
+            # one filled step artist per split (not a bar per day: years of days would be thousands of patches)
+            ax_day.stairs(bottom + per_day, np.arange(n_days + 1), baseline=bottom.copy(), fill=True,
+                          color=COLORS.get(name), label=name)
             bottom += per_day
         ax_day.set_xlabel(f"day since {np.datetime64(int(day0 * DAY), 's').astype('datetime64[D]')} (UTC)")
     ax_day.set_ylabel("events per day")
