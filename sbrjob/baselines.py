@@ -36,6 +36,7 @@ from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
 
 CHUNK_CELLS = 1 << 23  # ~32 MB of float32 per dense [rows, n_items] chunk
+DENSE_CELLS = 1 << 26  # V-SKNN keeps a dense session x item matrix up to 256 MB
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,10 @@ class VSKNN:
         by_item = np.lexsort((session, item))  # item -> the sessions holding it (inverted index)
         self.item_ptr = np.searchsorted(item[by_item], np.arange(n_items + 1))
         self.item_sess = session[by_item].astype(np.int64)
+        self.dense = None  # dense copy for matmul votes when small enough
+        if train.n * n_items <= DENSE_CELLS:
+            self.dense = np.zeros((train.n, n_items), np.float32)
+            self.dense[session, item] = 1.0
         return self
 
     def similarities(self, item: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -235,6 +240,11 @@ class VSKNN:
         row, col = np.nonzero(weight > 0)
         session, weight = session[row, col], weight[row, col]
         count = self.sess_ptr[session + 1] - self.sess_ptr[session]
+        if self.dense is not None and count.sum() * 1000 > len(sims) * self.n_sessions * self.n_items:
+            # long neighbour sessions (MovieLens): one BLAS matmul beats scattering every vote
+            nbr = np.zeros((len(sims), self.n_sessions), np.float32)
+            nbr[row, session] = weight
+            return nbr @ self.dense
         offset = np.repeat(self.sess_ptr[session] - np.cumsum(count) + count, count) + np.arange(count.sum())
         flat = np.repeat(row, count) * self.n_items + self.sess_items[offset]
         scores = np.bincount(flat, weights=np.repeat(weight, count), minlength=len(sims) * self.n_items)

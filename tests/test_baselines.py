@@ -76,11 +76,14 @@ def test_vsknn_weights_and_scores():
     assert r["mrr@5"] == pytest.approx((1 / 3 + 1 / 2 + 1 / 3) / 3)
 
 
-def test_vsknn_matches_brute_force_on_random_data():
+@pytest.mark.parametrize("votes", ["dense matmul", "sparse scatter"])
+def test_vsknn_matches_brute_force_on_random_data(votes):
     rng = np.random.default_rng(5)
     train = Sessions.from_lists([list(rng.integers(0, 9, size=n)) for n in rng.integers(2, 8, size=30)])
     test = Sessions.from_lists([list(rng.integers(0, 9, size=n)) for n in rng.integers(2, 10, size=6)])
     model = VSKNN(neighbors=4, sample=10).fit(train, 9)
+    if votes == "sparse scatter":
+        model.dense = None  # the path taken for large catalogues / short sessions
     got = np.concatenate([model.score(c) for c in chunks(test, 9, cells=9 * 12)])
     train_sets = [set(train.item[a:b]) for a, b in zip(train.start[:-1], train.start[1:])]
     want = []
