@@ -7,6 +7,7 @@ does not match the prepared data's fingerprint and the export settings (or with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -69,13 +70,24 @@ def _check_items(item: np.ndarray, n_items: int, where: str) -> None:
                           "the prepared data is inconsistent: delete it and re-run `sbrjob prepare`")
 
 
-def is_current(split_dir: str, data_fingerprint: str, cfg: JobConfig) -> bool:
-    """True when the split's shards exist, in this format, for this data and these export settings."""
+def _data_identity(data: dict) -> dict:
+    """Keys tying shards to one prepared dataset: its config fingerprint, and a hash of its manifest
+    (vocabulary size, events and sessions per split), which changes when `sbrjob prepare` is re-run
+    on different raw data under the same config."""
+    blob = json.dumps(data, sort_keys=True).encode()
+    return {"data_fingerprint": data["fingerprint"], "data_manifest_sha256": hashlib.sha256(blob).hexdigest()[:16],
+            "n_items": data["n_items"]}
+
+
+def is_current(split_dir: str, data: dict, cfg: JobConfig) -> bool:
+    """True when the split's shards exist, in this format, for this prepared data (its manifest) and
+    these export settings."""
     try:
         m = shards.read_manifest(split_dir)
     except SbrjobError:
         return False
-    if (m.get("data_fingerprint"), m.get("export_fingerprint")) != (data_fingerprint, export_fingerprint(cfg)):
+    want = {**_data_identity(data), "export_fingerprint": export_fingerprint(cfg)}
+    if any(m.get(k) != v for k, v in want.items()):
         return False
     return set(m["files"]) <= set(storage.list_files(split_dir))
 
@@ -88,12 +100,11 @@ def export(cfg: JobConfig, force: bool = False) -> dict:
     data = prepare.read_manifest(data_dir)
     if data is None:
         raise SbrjobError(f"{data_dir}: no prepared data (manifest.json missing); run `sbrjob prepare`")
-    extra = {"data_fingerprint": data["fingerprint"], "export_fingerprint": export_fingerprint(cfg),
-             "n_items": data["n_items"]}
+    extra = {**_data_identity(data), "export_fingerprint": export_fingerprint(cfg)}
     out = {}
     for split in SPLITS:
         split_dir = join(cfg.shards_dir, split)
-        if not force and is_current(split_dir, data["fingerprint"], cfg):
+        if not force and is_current(split_dir, data, cfg):
             out[split] = shards.read_manifest(split_dir)
             continue
         frame = prepare.load_split(data_dir, split)

@@ -114,9 +114,16 @@ def test_current_shards_are_kept_stale_ones_rewritten(tmp_path):
     assert export.export(cfg2)["train"]["block_steps"] == 5
     # a deleted shard makes the split stale again
     (Path(cfg.shards_dir) / "valid" / shards.shard_name(0, 1)).unlink()
-    assert not export.is_current(config.join(cfg.shards_dir, "valid"), prepare.data_fingerprint(cfg2), cfg2)
+    assert not export.is_current(config.join(cfg.shards_dir, "valid"), prepare.read_manifest(cfg.data_dir), cfg2)
     export.export(cfg2)
     shards.block_dataset(config.join(cfg.shards_dir, "valid"))  # whole and verified again
+    # prepare re-run on other raw data under the same config: its manifest changes -> re-export
+    before = shard.stat().st_ino
+    assert export.export(cfg2)["train"] and shard.stat().st_ino == before
+    data_manifest = Path(cfg.data_dir) / "manifest.json"
+    data_manifest.write_text(json.dumps({**json.loads(data_manifest.read_text()), "splits": {"train": {"events": 1}}}))
+    export.export(cfg2)
+    assert shard.stat().st_ino != before
 
 
 def test_killed_export_leaves_nothing_trusted(tmp_path, monkeypatch):
