@@ -1,0 +1,141 @@
+"""The training loop: learning, reset semantics, MirroredStrategy equivalence, XLA, checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sbrjob import export, train
+from sbrjob.config import config_from_dict
+from sbrjob.evaluate import evaluate_model
+from sbrjob.shards import distribute_blocks
+
+N_ITEMS = 30
+
+
+def chain_sessions(n_sessions, n_items, seed):
+    """Sessions walking a fixed ring i -> i+1: the next item is fully determined by the current one."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 9, n_sessions)
+    session = np.repeat(np.arange(n_sessions), lengths)
+    start = np.repeat(rng.integers(0, n_items, n_sessions), lengths)
+    pos = np.arange(len(session)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return session, ((start + pos) % n_items).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    extra = {"n_items": N_ITEMS}
+    export.write_split(*chain_sessions(300, N_ITEMS, 0), root / "train", split="train", lanes=8, n_shards=2,
+                       block_steps=8, extra=extra)
+    export.write_split(*chain_sessions(60, N_ITEMS, 1), root / "valid", split="valid", lanes=8, n_shards=1,
+                       block_steps=8, extra=extra)
+    return root
+
+
+def config(tmp_path, **train_kw):
+    model = train_kw.pop("model", {"layers": [24]})
+    return config_from_dict({"output_dir": str(tmp_path / "run"), "seed": 7, "model": model,
+                             "train": {"n_sample": 8, "epochs": 2, "momentum": 0.2, "lr": 0.1, **train_kw}})
+
+
+def test_learns_a_deterministic_chain_and_writes_checkpoints_and_metrics(shards, tmp_path):
+    cfg = config(tmp_path, checkpoint_every_steps=64)
+    metrics = train.fit(cfg, tf.distribute.get_strategy(), "default", str(shards / "train"), N_ITEMS,
+                        np.ones(N_ITEMS), valid_dir=str(shards / "valid"), test_dir=str(shards / "valid"),
+                        evaluate=evaluate_model)
+    assert metrics["test"]["recall@1"] > 0.95  # ring successor learned: Recall@1 ~ 1
+    epochs = metrics["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and epochs[1]["train_loss"] < epochs[0]["train_loss"]
+    manifest = json.loads((shards / "train" / "manifest.json").read_text())
+    assert all(e["train_events"] == manifest["pairs"] for e in epochs)  # every pair trained, padding not
+    assert metrics["best_epoch"] in (1, 2) and metrics["strategy"] == "default" and metrics["replicas"] == 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    last = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "run/checkpoints/last"), 10)
+    steps = sorted(int(p.rsplit("-", 1)[1]) for p in last.checkpoints)
+    per_epoch = manifest["steps"]
+    # mid-epoch every 64 steps and at each epoch end, keeping the last 3
+    assert steps[-1] == 2 * per_epoch and len(steps) == 3
+    assert tf.train.latest_checkpoint(str(tmp_path / "run/checkpoints/best"))
+    assert list((tmp_path / "run/tensorboard").iterdir())
+
+
+def frozen_trainer(tmp_path, lanes=3, steps=4):
+    cfg = config(tmp_path, n_sample=2)
+    trainer = train.Trainer(cfg, tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), lanes, steps)
+    trainer.optimizer.apply = lambda grads, active: None  # freeze the weights: only the state moves
+    return trainer
+
+
+def test_state_is_zeroed_exactly_where_reset_is_set(tmp_path):
+    trainer = frozen_trainer(tmp_path)
+    model = trainer.model
+    inputs = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]], np.int32)
+    reset = np.array([[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0]], np.float32)
+    block = {"input": tf.constant(inputs), "target": tf.constant(inputs + 1), "reset": tf.constant(reset),
+             "weight": tf.ones([3, 4])}
+    carried = [tf.random.normal([3, 24], seed=1)]
+    state, _ = trainer.train_block(block, carried, tf.constant(0, tf.int64))
+
+    def run(lane, first, start_state):
+        s = [start_state]
+        for t in range(first, 4):
+            _, s = model.step(tf.constant([inputs[lane, t]]), s)
+        return s[0].numpy()[0]
+
+    fresh = tf.zeros([1, 24])
+    got = state[0].numpy()
+    np.testing.assert_allclose(got[0], run(0, 0, fresh), rtol=1e-5, atol=1e-6)  # reset at step 0
+    np.testing.assert_allclose(got[1], run(1, 0, carried[0][1:2]), rtol=1e-5, atol=1e-6)  # no reset: carried on
+    np.testing.assert_allclose(got[2], run(2, 2, fresh), rtol=1e-5, atol=1e-6)  # reset at step 2: history gone
+    assert np.abs(got[1] - run(1, 0, fresh)).max() > 1e-3  # the carried state did matter
+
+
+def block_losses(trainer, strategy, split_dir, blocks=None):
+    state, out = trainer.zero_state(), []
+    for i, block in enumerate(distribute_blocks(strategy, split_dir)):
+        state, sums = trainer.train_block(block, state, tf.constant(i * trainer.block_steps, tf.int64))
+        out.append(sums.numpy())
+        if blocks and len(out) == blocks:
+            break
+    return np.array(out), state
+
+
+def test_mirrored_two_replicas_follow_the_single_replica_loss_trajectory(shards, tmp_path):
+    """Equivalent run = same config on one device: replicas all-gather targets, so the scored columns,
+    the samples, the dropout masks (drawn for the global batch) and the summed gradients are the same."""
+    cfg = config(tmp_path, model={"layers": [24], "dropout_embedding": 0.2, "dropout_hidden": 0.3})
+    single = train.Trainer(cfg, tf.distribute.get_strategy(), N_ITEMS, np.arange(1, N_ITEMS + 1), 8, 8)
+    mirrored_strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored = train.Trainer(cfg, mirrored_strategy, N_ITEMS, np.arange(1, N_ITEMS + 1), 8, 8)
+    want, _ = block_losses(single, tf.distribute.get_strategy(), str(shards / "train"))
+    got, state = block_losses(mirrored, mirrored_strategy, str(shards / "train"))
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+    np.testing.assert_allclose(mirrored.model.Wy.numpy(), single.model.Wy.numpy(), rtol=1e-4, atol=1e-6)
+    # hidden states survive the gather (checkpoint) / redistribute (resume) round trip
+    gathered = mirrored.gather_state(state)
+    assert gathered[0].shape == (8, 24)
+    again = mirrored.gather_state(mirrored.distribute_state(gathered))
+    np.testing.assert_array_equal(again[0].numpy(), gathered[0].numpy())
+
+
+def test_train_block_compiles_with_xla(shards, tmp_path):
+    plain = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
+    xla = train.Trainer(config(tmp_path, jit_compile=True), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
+    want, _ = block_losses(plain, tf.distribute.get_strategy(), str(shards / "train"), blocks=3)
+    got, _ = block_losses(xla, tf.distribute.get_strategy(), str(shards / "train"), blocks=3)
+    block = next(iter(distribute_blocks(tf.distribute.get_strategy(), str(shards / "train"))))
+    hlo = xla.train_block.experimental_get_compiler_ir(block, xla.zero_state(), tf.constant(0, tf.int64))(stage="hlo")
+    assert "HloModule" in hlo
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_resuming_with_another_config_is_refused(shards, tmp_path):
+    cfg = config(tmp_path, epochs=1)
+    args = (tf.distribute.get_strategy(), "default", str(shards / "train"), N_ITEMS, np.ones(N_ITEMS))
+    train.fit(cfg, *args, valid_dir=None, test_dir=None)
+    changed = config(tmp_path, epochs=1, lr=0.05)
+    with pytest.raises(train.SbrjobError, match="different model/train config"):
+        train.fit(changed, *args, valid_dir=None, test_dir=None)
