@@ -437,6 +437,7 @@ def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
         tcfg = trial_config(cfg, values, join(tune_dir, f"trial-{trial.number:03d}"))
         trial.set_user_attr("output_dir", tcfg.output_dir)
         _share_outputs(cfg, tcfg, cache)
+        echo(f"trial {trial.number:03d} starts: " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
         stopped = []
 
         def on_epoch_end(epoch: int, epoch_metrics: dict) -> bool:
@@ -610,7 +611,7 @@ def plot(study, metric: str) -> bytes:
                     marker="x", color="C3", label="pruned (last epoch seen)")
     ax1.set(title="Optimisation history", xlabel="trial", ylabel=f"validation {metric}")
     if done or pruned:
-        ax1.legend(loc="lower right")
+        ax1.legend(loc="best")
     importances: dict[str, float] = {}
     reason = f"parameter importances need >= 2 complete trials ({len(done)} so far)"
     if len(done) >= 2:
