@@ -56,16 +56,27 @@ def _print_json(obj) -> None:
 def prepare(
     config: ConfigOpt,
     set_: SetOpt = None,
-    on_bad_lines: Annotated[Optional[str], typer.Option(help="error (default) stops at the first malformed line; skip counts and skips them.")] = None,
+    on_bad_lines: Annotated[Optional[str], typer.Option(help="error (default): stop at the first malformed line and name it; skip: drop such lines and count them in stats.json.")] = None,
 ) -> None:
-    """Read raw logs, build sessions, filter, split by time; write Parquet splits, item vocabulary, stats.json and data_report.png to OUTPUT_DIR/data."""
+    """Read raw logs, build sessions, filter, split by time; write Parquet splits, item vocabulary, stats.json and data_report.png to OUTPUT_DIR/data.
+
+    Formats (data.format): movielens (ratings.dat[.gz] or ratings.csv, titles from data.items_path),
+    yoochoose (clicks/test .dat, with or without Category), gru4rec (SessionId/ItemId/Time TSV; with
+    split.scheme given, data.valid_path/test_path are used as they are), table (CSV/TSV/Parquet with
+    data.columns), sample (the embedded synthetic MovieLens-format data). Always rewrites the output;
+    later stages reuse it while its manifest matches the config. Prints a per-split summary as JSON.
+    """
     from sbrjob.prepare import prepare as run
 
     overrides = list(set_ or [])
     if on_bad_lines:
         overrides.append(f"data.on_bad_lines={on_bad_lines}")
-    stats = run(_load(config, overrides))
-    typer.echo(json.dumps({k: stats[k] for k in ("train", "valid", "test") if k in stats}, indent=2))
+    cfg = _load(config, overrides)
+    stats = run(cfg)
+    summary = {"data_dir": cfg.data_dir, "n_items": stats["n_items"], "bad_lines": stats["bad_lines"],
+               "seconds": stats["seconds"]}
+    summary.update({k: {m: stats[k][m] for m in ("events", "sessions", "items")} for k in ("train", "valid", "test")})
+    _print_json(summary)
 
 
 @app.command("export")

@@ -1,7 +1,7 @@
 """`data_report.png`: what the prepared data looks like, at a glance.
 
 Left: the cumulative session-length distribution per split (fraction of sessions with length <= L,
-log x axis, as the GRU4Rec tutorial plots it). Right: events per day, coloured by split, which shows
+log x axis, as the GRU4Rec tutorial plots it). Right: events per day per split (log scale), which shows
 where the time-based split cuts and how unevenly the days are filled.
 """
 
@@ -15,12 +15,10 @@ DAY = 86400.0
 
 def write_report(path: str, logs: dict, title: str = "") -> None:
     """`logs`: split name -> object with `session` (int64, 0..n-1) and `time` (epoch seconds) arrays."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state, faster import
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_len, ax_day) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig = Figure(figsize=(12, 4.2))
+    ax_len, ax_day = fig.subplots(1, 2)
     present = {name: log for name, log in logs.items() if len(log.session)}
 
     for name, log in present.items():
@@ -40,21 +38,19 @@ def write_report(path: str, logs: dict, title: str = "") -> None:
     if present:
         day0 = np.floor(min(float(log.time.min()) for log in present.values()) / DAY)
         n_days = int(np.floor(max(float(log.time.max()) for log in present.values()) / DAY) - day0) + 1
-        bottom = np.zeros(n_days)
         for name, log in present.items():
             per_day = np.bincount((np.floor(log.time / DAY) - day0).astype(np.int64), minlength=n_days)
-            # one filled step artist per split (not a bar per day: years of days would be thousands of patches)
-            ax_day.stairs(bottom + per_day, np.arange(n_days + 1), baseline=bottom.copy(), fill=True,
-                          color=COLORS.get(name), label=name)
-            bottom += per_day
+            # one step line per split, log scale: days are often very unevenly filled (MovieLens)
+            ax_day.step(np.arange(n_days), np.where(per_day > 0, per_day, np.nan), where="mid", linewidth=0.8,
+                        color=COLORS.get(name), label=name)
+        ax_day.set_yscale("log")
         ax_day.set_xlabel(f"day since {np.datetime64(int(day0 * DAY), 's').astype('datetime64[D]')} (UTC)")
     ax_day.set_ylabel("events per day")
     ax_day.grid(alpha=0.3)
-    ax_day.legend(loc="upper left")
+    ax_day.legend(loc="upper right")
     ax_day.set_title("events per day by split")
 
     if title:
         fig.suptitle(f"{title}: prepared data")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.85, wspace=0.22)  # fixed: tight_layout is slow
     fig.savefig(path, dpi=90)
-    plt.close(fig)
