@@ -135,3 +135,72 @@ def test_evaluate_model_rejects_count_mismatch(tmp_path):
 
     with pytest.raises(SbrjobError, match="pairs"):
         evaluate_model(GRU4Rec(cfg.model, 10), str(split_dir), cfg)
+
+
+# ---------------------------------------------------------------- end to end on configs/tiny.yaml
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """configs/tiny.yaml trained for one epoch (prepare -> export -> train), output in a temp dir."""
+    from sbrjob.config import load_config
+    from sbrjob.train import train
+
+    out = str(tmp_path_factory.mktemp("e2e") / "tiny")
+    overrides = [f"output_dir={out}", "train.epochs=1"]
+    metrics = train(load_config("tiny", overrides))
+    return out, overrides, metrics
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from sbrjob.cli import app
+
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_end_to_end_evaluate_matches_training_test_metrics(tiny_run):
+    import json
+
+    from sbrjob.prepare import load_split
+
+    out, overrides, metrics = tiny_run
+    sets = [a for o in overrides for a in ("--set", o)]
+    printed = json.loads(_cli("evaluate", "--config", "tiny", *sets, "--checkpoint", "last"))
+    saved = json.loads(open(f"{out}/eval_test.json").read())
+    assert printed == saved and saved["checkpoint"] == "last"
+    test = load_split(f"{out}/data", "test")
+    assert saved["events"] == len(test) - test["session"].nunique()  # every (input, target) pair
+    for key, value in metrics["test"].items():  # same schema and numbers as training's test section
+        assert saved[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
+
+
+def test_end_to_end_baselines_recommend_export(tiny_run):
+    import json
+
+    out, overrides, metrics = tiny_run
+    sets = [a for o in overrides for a in ("--set", o)]
+    table = _cli("baselines", "--config", "tiny", *sets)
+    for name in ("gru4rec", "pop", "spop", "itemknn", "vsknn"):
+        assert f"| {name} | {metrics['test']['events']} |" in table  # same events for every method
+    assert open(f"{out}/comparison.md").read().endswith(table)
+    results = json.loads(open(f"{out}/baselines.json").read())
+    assert set(results) == {"pop", "spop", "itemknn", "vsknn"}
+
+    from sbrjob.prepare import load_items
+
+    ids = load_items(f"{out}/data").sort_values("index")["item_id"].tolist()[:3]
+    rec = json.loads(_cli("recommend", "--run", out, "--items", ",".join(ids), "-k", "5", "--json",
+                          "--include-seen"))
+    assert [r["rank"] for r in rec["recommendations"]] == [1, 2, 3, 4, 5]
+
+    path = _cli("export-model", "--run", out, "-k", "5").strip()
+    import tensorflow as tf
+
+    served = tf.saved_model.load(path).signatures["serving_default"](items=tf.constant([ids]))
+    assert [s.decode() for s in served["item_ids"][0].numpy()] == [r["item_id"] for r in rec["recommendations"]]
+    np.testing.assert_allclose(served["scores"][0].numpy(), [r["score"] for r in rec["recommendations"]],
+                               rtol=1e-5, atol=1e-5)
