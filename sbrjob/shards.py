@@ -183,12 +183,14 @@ def _block_batches(split_dir: str, shard_ids: Iterable[int] | None, manifest: di
     parse = _parser(manifest["lanes_per_shard"], manifest["block_steps"])
     per_shard = [tf.data.TFRecordDataset(p).batch(READ_BATCH).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
                  for p in paths]
-    if len(per_shard) == 1:
-        return per_shard[0]
-    # record r of every shard is block r of its lanes: put the shards' lanes side by side
-    return tf.data.Dataset.zip(tuple(per_shard)).map(
-        lambda *runs: {name: tf.concat([run[name] for run in runs], axis=1) for name in FEATURES},
-        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = per_shard[0]
+    if len(per_shard) > 1:  # record r of every shard is block r of its lanes: put the lanes side by side
+        ds = tf.data.Dataset.zip(tuple(per_shard)).map(
+            lambda *runs: {name: tf.concat([run[name] for run in runs], axis=1) for name in FEATURES},
+            num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True  # step order is the data: parallel maps must never reorder blocks
+    return ds.with_options(options)
 
 
 def block_dataset(split_dir: str, shard_ids: Iterable[int] | None = None, manifest: dict | None = None):
