@@ -164,6 +164,20 @@ def test_item_outside_the_vocabulary_is_refused(tmp_path):
     assert not Path(cfg.shards_dir, "test").exists()
 
 
+def test_ensure_exported_force_reprepares_and_reexports(tmp_path, monkeypatch):
+    cfg = make_config(tmp_path)
+    write_prepared(cfg)
+    calls = []
+    monkeypatch.setattr(prepare, "ensure_prepared", lambda cfg, force=False: calls.append(force) or cfg.data_dir)
+    export.ensure_exported(cfg)
+    shard = Path(cfg.shards_dir) / "train" / shards.shard_name(0, 2)
+    first = shard.stat().st_ino
+    export.ensure_exported(cfg)
+    assert shard.stat().st_ino == first and True not in calls
+    export.ensure_exported(cfg, force=True)  # `sbrjob train --reexport`
+    assert shard.stat().st_ino != first and True in calls
+
+
 def test_cli_export_then_ensure_exported_from_raw_sample_data(tmp_path):
     from typer.testing import CliRunner
 
