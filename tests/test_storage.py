@@ -204,6 +204,27 @@ def test_credentials_are_never_logged(gcs, caplog, capsys):
     assert "SECRET" not in storage.redact(f'{{"access_token": "{secret}", "private_key": "-----BEGIN"}}')
 
 
+def test_download_to_gcs_is_verified_and_idempotent(gcs, tmp_path):
+    import hashlib
+    import zipfile
+
+    from sbrjob.download import download
+
+    archive = tmp_path / "ml-1m.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("ratings.dat", "movies.dat", "users.dat"):
+            zf.writestr(f"ml-1m/{name}", f"{name}\n")
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    out = download("movielens-1m", f"{gcs}/data", url=archive.as_uri(), sha256=sha)
+    assert out == f"{gcs}/data/ml-1m"
+    assert storage.list_files(out) == [".sbrjob-download.json", "movies.dat", "ratings.dat", "users.dat"]
+    assert storage.read_text(f"{out}/ratings.dat") == "ratings.dat\n"
+    before = _generation(f"{out}/ratings.dat")
+    archive.unlink()  # a second call must not even try to fetch
+    assert download("movielens-1m", f"{gcs}/data", url=archive.as_uri(), sha256=sha) == out
+    assert _generation(f"{out}/ratings.dat") == before
+
+
 # ---------------------------------------------------------------- the whole job on gs://
 
 
