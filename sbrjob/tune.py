@@ -421,6 +421,12 @@ def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
         raise SbrjobError(f"{tune_dir}: this study optimised {study.user_attrs['metric']}, not "
                           f"{cfg.eval.metric}; use another output_dir or remove {tune_dir}")
     study.set_user_attr("metric", cfg.eval.metric)
+    if not study.trials:
+        start = incumbent(cfg, params, pinned)
+        if start is not None:
+            study.enqueue_trial(start, user_attrs={"incumbent": True})
+        else:
+            echo("the config's own values lie outside the search space: it is not tried as trial 000")
     _retry_interrupted(study, rdb, echo)
 
     done = _finished(study)
@@ -480,6 +486,30 @@ def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
     if todo:
         study.optimize(objective, n_trials=todo, callbacks=[progress], gc_after_trial=True)
     return write_reports(study, cfg, tune_dir, echo)
+
+
+def incumbent(cfg: JobConfig, params: list[Param], pinned: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The config's own values of the searched keys, or None when any lies outside the space.
+
+    Tried first, so the best trial is never worse on validation than the config you started from.
+    """
+    raw = _with_values(cfg.to_dict(), pinned)
+    values: dict[str, Any] = {}
+    for p in params:
+        if not p.is_active(raw):
+            continue
+        v = _get(raw, p.key)
+        if isinstance(v, list):
+            if len(v) != 1:
+                return None
+            v = v[0]
+        if p.kind == "categorical":
+            if v not in p.choices:
+                return None
+        elif not p.low <= v <= p.high or (p.step and abs((v - p.low) / p.step - round((v - p.low) / p.step)) > 1e-9):
+            return None
+        values[p.key] = v
+    return values
 
 
 def _finished(study) -> int:

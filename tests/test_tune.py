@@ -118,6 +118,20 @@ def test_three_trial_study_reports_and_optimises_validation_only(tmp_path):
     assert (best.data, best.split, best.eval) == (cfg.data, cfg.split, cfg.eval)
 
 
+def test_the_configs_own_values_are_trial_zero_when_inside_the_space(tmp_path):
+    cfg = tiny(tmp_path)  # tiny: layers [32], batch 16, lr 0.1, momentum 0.3, ...
+    space = write_space(tmp_path, "model.layers: {low: 16, high: 64, step: 16}\n"
+                                  "export.batch_size: {low: 16, high: 64, step: 16}\n")
+    fake = FakeTrain(lr_score)
+    out = T.tune(cfg, trials=2, space=space, train_fn=fake, echo=lambda s: None)
+    first = fake.trials[0]
+    assert (first.model, first.train, first.export) == (cfg.model, cfg.train, cfg.export)
+    assert out["finished"] == 2 and fake.trials[1].train.lr != cfg.train.lr
+    # outside the space (default layers 64-512): nothing to start from
+    params, pinned = T.resolve_space(cfg)
+    assert T.incumbent(cfg, params, pinned) is None
+
+
 def test_resume_counts_finished_trials_and_reruns_the_interrupted_one(tmp_path):
     cfg = tiny(tmp_path)
     first = FakeTrain(lr_score, interrupt_at=3)
