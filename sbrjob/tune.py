@@ -828,6 +828,8 @@ def _parse_trial_args(argv: list[str]) -> tuple[str, list[str], dict[str, str]]:
 
 
 def _typed(key: str, text: str) -> Any:
+    if _field_type(key) is bool:  # categorical values arrive as strings
+        return text.strip().lower() in ("true", "1", "yes")
     kind = _kind(_field_type(key))
     if kind == "int":
         return int(float(text))  # discrete values arrive as "128.0"

@@ -236,9 +236,11 @@ def test_cloud_trial_writes_the_hypertune_metric_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOUD_ML_TRIAL_ID", "7")
     fake = FakeTrain(lr_score)
     out = T.cloud_trial(["--config", "tiny", "--set", f"output_dir={tmp_path / 'run'}",
-                         "--train.lr=0.05", "--model.layers", "96.0", "--train.loss=bpr-max"], train_fn=fake)
+                         "--train.lr=0.05", "--model.layers", "96.0", "--train.loss=bpr-max",
+                         "--train.deterministic=False"], train_fn=fake)
     (cfg,) = fake.trials
     assert (cfg.train.lr, cfg.model.layers, cfg.train.loss) == (0.05, [96], "bpr-max")
+    assert cfg.train.deterministic is False
     assert cfg.output_dir == str(tmp_path / "run" / "tune" / "trial-007")
     lines = [json.loads(line) for line in metric_file.read_text().splitlines()]
     # one measurement per epoch, then the best validation value (what the service optimises)
