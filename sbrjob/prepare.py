@@ -228,7 +228,9 @@ def split_by(log: Log, which: np.ndarray) -> dict[str, Log]:
     order = np.lexsort((np.arange(len(starts)), last, first, which))
     new_lengths = lengths[order]
     new_starts = np.concatenate([[0], np.cumsum(new_lengths)[:-1]])
-    rows = np.repeat(starts[order] - new_starts, new_lengths) + np.arange(len(log))
+    index = np.int32 if len(log) < 2**31 else np.int64  # halves the row index at 33M events
+    rows = np.repeat((starts[order] - new_starts).astype(index), new_lengths)
+    rows += np.arange(len(log), dtype=index)
     item, t = log.item[rows], log.time[rows]
     del rows
     n_sessions = np.bincount(which, minlength=len(SPLITS))
