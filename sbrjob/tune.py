@@ -451,7 +451,7 @@ def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
             if value is None:
                 return False
             trial.report(float(value), int(epoch))
-            if trial.should_prune():
+            if epoch < tcfg.train.epochs and trial.should_prune():  # after the last epoch nothing is saved
                 stopped.append(epoch)
                 return True
             return False

@@ -184,6 +184,18 @@ def test_study_with_output_dir_on_gs_resumes_from_the_bucket(gcs, tmp_path):
     assert second.trials[0].output_dir == f"{gcs}/run/tune/trial-002"
 
 
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
+    cfg = tiny(tmp_path, "train.epochs=1")  # pruning could save nothing: the trial has finished
+    space = write_space(tmp_path, "train.lr: {low: 0.01, high: 0.5}\n" + "".join(
+        f"{k}: null\n" for k in T.DEFAULT_SPACE if k != "train.lr"))
+    study = optuna.create_study(study_name=cfg.name, direction="maximize",
+                                storage=f"sqlite:///{_mk(tmp_path / 'run/tune')}/study.db")
+    for lr in (0.3, 0.25, 0.2, 0.011):
+        study.enqueue_trial({"train.lr": lr})
+    out = T.tune(cfg, trials=4, space=space, train_fn=FakeTrain(lr_score), echo=lambda s: None)
+    assert [r["state"] for r in out["leaderboard"]] == ["complete"] * 4
+
+
 def _mk(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
