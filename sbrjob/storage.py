@@ -180,11 +180,18 @@ def write_bytes(path: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str, text: str) -> None:
@@ -328,6 +335,7 @@ def staging_dir(dest: str) -> Iterator[Path]:
         base = Path(dest).parent
         base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{Path(dest).name}.tmp-", dir=base))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the published directory is renamed as is
     try:
         yield tmp
     finally:
