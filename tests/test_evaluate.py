@@ -96,9 +96,14 @@ def _reference(model, session, item, cutoffs, ties):
     return m.result()
 
 
-def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path):
+@pytest.mark.parametrize("rows_per_slice", [None, 5])
+def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path, monkeypatch, rows_per_slice):
+    import sbrjob.evaluate
     from sbrjob.export import write_split
     from sbrjob.model import GRU4Rec
+
+    if rows_per_slice:  # score a block's events in many small slices
+        monkeypatch.setattr(sbrjob.evaluate, "SCORE_CELLS", 15 * rows_per_slice)
 
     cfg = _cfg(tmp_path)
     rng = np.random.default_rng(3)
