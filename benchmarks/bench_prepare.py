@@ -3,7 +3,8 @@
 Targets (issue 2): ML-1M in a few seconds; 33,003,944 YOOCHOOSE clicks with peak RSS <= 4 GB in
 <= 3 minutes on a 2-core machine. The YOOCHOOSE input is SYNTHETIC, same format and size
 (benchmarks/gen_yoochoose.py), generated under /tmp when missing. Each case runs in a fresh
-process so its peak RSS is its own.
+process so its peak RSS is its own. CPU seconds (user + system, all threads) are printed too: on a
+shared machine they change less than wall time.
 
     .venv/bin/python benchmarks/bench_prepare.py                 # both cases
     .venv/bin/python benchmarks/bench_prepare.py --cases ml1m    # one
@@ -45,12 +46,12 @@ def run_one(case: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as out:
         name, sets = overrides(case, out)
         cfg = load_config(name, sets)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         stats = prepare(cfg)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
     print(json.dumps({
         "case": case, "input_rows": stats["input"]["rows"],
-        "prepare_s": round(t2 - t1, 1), "process_s": round(t2 - t0, 1),
+        "prepare_s": round(t2 - t1, 1), "cpu_s": round(c2 - c1, 1), "process_s": round(t2 - t0, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),  # KiB on Linux
         "splits": {s: [stats[s]["events"], stats[s]["sessions"]] for s in ("train", "valid", "test")},
         "n_items": stats["n_items"],
@@ -74,7 +75,7 @@ def main() -> None:
             subprocess.run([sys.executable, str(REPO / "benchmarks" / "gen_yoochoose.py"), str(SYNTH)], check=True)
         res = subprocess.run([sys.executable, __file__, "--one", case], check=True, capture_output=True, text=True)
         r = json.loads(res.stdout.strip().splitlines()[-1])
-        print(f"{case}: {r['input_rows']:,} rows  prepare {r['prepare_s']} s  (process incl. imports "
+        print(f"{case}: {r['input_rows']:,} rows  prepare {r['prepare_s']} s wall, {r['cpu_s']} s CPU  (process incl. imports "
               f"{r['process_s']} s)  peak RSS {r['peak_rss_gb']} GB  splits(events, sessions) {r['splits']}  "
               f"items {r['n_items']:,}")
     print(f"load average {os.getloadavg()[0]:.1f} at end")

@@ -111,6 +111,19 @@ def test_filters_reach_a_fixed_point(tmp_path):
     assert support == {"1": 3, "2": 3} or support == {"1": 5, "2": 4}  # train only: depends on the split
 
 
+def test_last_days_keeps_whole_sessions_ending_in_the_window(tmp_path):
+    t0 = 1_400_000_000
+    rows = [(s, t0 + day * DAY + dt, i) for s, day in ((1, 0), (2, 8), (3, 9), (4, 9.9)) for dt, i in ((0, 1), (60, 2))]
+    rows.append((5, t0 + 7.4 * DAY, 1))  # starts before the window, ends inside it: kept whole
+    rows.append((5, t0 + 7.6 * DAY, 2))
+    cfg = job(tmp_path, {"format": "yoochoose", "path": yc_file(tmp_path, rows)}, filter={"last_days": 2.5},
+              split={"scheme": "fraction", "test_fraction": 0.25, "valid_fraction": 0.0})
+    stats = prepare(cfg)
+    assert stats["removed"]["last_days"] == {"events": 2, "sessions": 1, "items": 0}
+    assert stats["train"]["sessions"] + stats["test"]["sessions"] == 4
+    assert stats["train"]["time_min"] == t0 + 7.4 * DAY
+
+
 # ---------------------------------------------------------------- splits
 
 
