@@ -278,11 +278,12 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
             if ev.rating is None:
                 raise SbrjobError(f"sessions.min_rating: {ev.sources[0]} has no ratings; set it to null")
             keep = ev.rating >= scfg.min_rating
-            n_items = len(np.unique(ev.item))
+            before = (len(pd.unique(ev.key)), len(pd.unique(ev.item)))  # sessions here: users or session ids
             ev = Events(ev.key[keep], ev.item[keep], ev.item_ids, ev.time[keep], ev.rating[keep], ev.keyed_by,
                         ev.bad_lines, ev.sources)
             _add(removed.setdefault("min_rating", {}),
-                 {"events": int((~keep).sum()), "items": n_items - len(np.unique(ev.item))})
+                 {"events": int((~keep).sum()), "sessions": before[0] - len(pd.unique(ev.key)),
+                  "items": before[1] - len(pd.unique(ev.item))})
             if not len(ev):
                 raise SbrjobError(f"sessions.min_rating={scfg.min_rating} removed every event of {ev.sources[0]}; "
                                   "lower it or set it to null")
@@ -295,7 +296,11 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
         logs[split] = log
     if cfg.split.scheme == "given":
         # passed through as given: no last_days / length / support filters, only sessions < 2 dropped
-        return {name: order_by_first_event(log.keep_sessions(log.lengths() >= 2)) for name, log in logs.items()}
+        for name, log in logs.items():
+            before = _counts(log)
+            logs[name] = order_by_first_event(log.keep_sessions(log.lengths() >= 2))
+            _add(removed.setdefault("min_session_length", {}), _removed(before, _counts(logs[name])))
+        return logs
 
     log = logs["train"]
     f = cfg.filter

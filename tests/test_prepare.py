@@ -83,7 +83,7 @@ def test_min_rating_and_drop_repeats(tmp_path):
     # user 1 without the 1-star rating: 10 10 10 12 -> repeats dropped -> 10 12 (the rating filter removed
     # what separated the repeats); user 2: 10 12 12 11 -> 10 12 11; 11 unknown to train is then removed
     assert train == [["10", "12"]] and test == [["10", "12"]]
-    assert stats["removed"]["min_rating"]["events"] == 1
+    assert stats["removed"]["min_rating"] == {"events": 1, "sessions": 0, "items": 0}
     assert stats["removed"]["drop_repeats"]["events"] == 3
     assert stats["removed"]["unknown_items_test"]["events"] == 1
 
@@ -257,6 +257,7 @@ def test_given_split_passes_files_through(tmp_path):
     assert sessions_of(load_split(cfg.data_dir, "train"), items) == [["5", "6"], ["6", "7"]]
     assert sessions_of(load_split(cfg.data_dir, "test"), items) == [["5", "6"]]
     assert stats["valid"]["events"] == 0 and len(load_split(cfg.data_dir, "valid")) == 0
+    assert stats["removed"]["min_session_length"] == {"events": 1, "sessions": 1, "items": 0}
 
 
 def test_cli_bad_line_exits_2_with_file_and_line_and_skip_counts(tmp_path):
