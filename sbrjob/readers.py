@@ -168,7 +168,7 @@ def _split_line(text: str, layout: Layout) -> list[str]:
     return text.split(layout.sep)
 
 
-def _scan(path: str, where: str, layout: Layout, stop_at_first: bool, keep: Optional[io.BufferedWriter]):
+def _scan(path: str, layout: Layout, stop_at_first: bool, keep: Optional[io.BufferedWriter]):
     """Check every line in Python. Returns (bad count, first (line, reason) or None, data lines).
 
     Writes the good lines (and the header) to `keep` when given. Only used when the fast parse failed.
@@ -182,7 +182,7 @@ def _scan(path: str, where: str, layout: Layout, stop_at_first: bool, keep: Opti
             if keep:
                 keep.write(raw)
             continue
-        if not text.strip():
+        if not text:  # pyarrow skips empty lines too (but not lines of blanks)
             continue
         fields = _split_line(text, layout)
         reason = None
@@ -273,7 +273,7 @@ def read_delimited(path: str, layout: Layout, on_bad_lines: str = "error") -> tu
         arrow_msg = str(err).splitlines()[0]
     # Slow path: find the bad lines in Python.
     if not skip:
-        _, first, n_data = _scan(local, path, layout, stop_at_first=True, keep=None)
+        _, first, n_data = _scan(local, layout, stop_at_first=True, keep=None)
         if first:
             raise SbrjobError(f"{path}, line {first[0]}: {first[1]}; fix the line or set "
                               "data.on_bad_lines: skip (--on-bad-lines skip) to drop such lines")
@@ -283,7 +283,7 @@ def read_delimited(path: str, layout: Layout, on_bad_lines: str = "error") -> tu
     fd, tmp = tempfile.mkstemp(prefix="sbrjob-clean-", suffix=".txt")
     try:
         with os.fdopen(fd, "wb") as keep:
-            bad, _, n_data = _scan(local, path, layout, stop_at_first=False, keep=keep)
+            bad, _, n_data = _scan(local, layout, stop_at_first=False, keep=keep)
         if n_data == 0:
             raise SbrjobError(f"{path}: no valid data lines ({bad} bad lines skipped)")
         try:

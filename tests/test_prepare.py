@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import shared_path
+from sbrjob import cli
 from sbrjob.cli import app
 from sbrjob.config import config_from_dict, load_config
 from sbrjob.errors import SbrjobError
@@ -260,23 +261,25 @@ def test_given_split_passes_files_through(tmp_path):
     assert stats["removed"]["min_session_length"] == {"events": 1, "sessions": 1, "items": 0}
 
 
-def test_cli_bad_line_exits_2_with_file_and_line_and_skip_counts(tmp_path):
+def test_cli_bad_line_exits_2_with_file_and_line_and_skip_counts(tmp_path, monkeypatch, capsys):
     path = tmp_path / "clicks.dat"
     path.write_text("1,2014-04-07T10:51:09.277Z,5,0\n1,2014-04-07T10:52:09.277Z,6,0\n"
                     "2;2014-04-07T10:53:09.277Z;5;0\n"
                     "3,2014-04-08T11:51:09.277Z,5,0\n3,2014-04-08T11:52:09.277Z,6,0\n")
     args = ["prepare", "--config", "yoochoose", "--set", f"data.path={path}", "--set", f"output_dir={tmp_path / 'run'}",
             "--set", "filter.min_item_support=1", "--set", "split.valid_days=0"]
-    from sbrjob import cli
-
-    result = CliRunner().invoke(app, args)
-    assert isinstance(result.exception, SbrjobError)
-    assert f"{path}, line 3: expected 4 fields separated by ',', found 1" in str(result.exception)
+    monkeypatch.setattr("sys.argv", ["sbrjob", *args])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()  # the console-script entry point
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}, line 3: expected 4 fields separated by ',', found 1") and err.count("\n") == 1
+    assert not (tmp_path / "run" / "data").exists()
     result = CliRunner().invoke(app, args + ["--on-bad-lines", "skip"])
     assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["bad_lines"] == 1
     stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text())
     assert stats["bad_lines"] == 1 and stats["train"]["events"] == 2 and stats["test"]["events"] == 2
-    assert cli.run  # the entry point maps SbrjobError to `error: ...` and exit 2 (covered in test_config)
 
 
 # ---------------------------------------------------------------- the shared real data
