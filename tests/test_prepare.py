@@ -350,6 +350,18 @@ def test_yoochoose_default_config_valid_split(tmp_path):
     splits, _ = check_split_properties(cfg.data_dir)
     kept = sum(stats[s]["events"] for s in ("train", "valid", "test"))
     assert kept + sum(r["events"] for r in stats["removed"].values()) == 83_846
+    # the filters' fixed point, computed independently with a plain pandas loop
+    df = pd.read_csv(raw, header=None, names=["s", "t", "i"])
+    while True:
+        n = len(df)
+        df = df[df.groupby("s")["s"].transform("size") >= 2]
+        df = df[df.groupby("i")["i"].transform("size") >= 5]
+        if len(df) == n:
+            break
+    unknown = stats["removed"]["unknown_items_valid"]["events"] + stats["removed"]["unknown_items_test"]["events"]
+    assert kept + unknown == len(df)
+    assert sum(stats[s]["sessions"] for s in ("train", "valid", "test")) + sum(
+        stats["removed"][f"unknown_items_{s}"]["sessions"] for s in ("valid", "test")) == df["s"].nunique()
     ends = {s: df.groupby("session")["time"].max() for s, df in splits.items()}
     assert ends["train"].max() < ends["valid"].min() and ends["valid"].max() < ends["test"].min()
     assert min(stats[s]["sessions"] for s in ("train", "valid", "test")) > 3000
