@@ -29,8 +29,10 @@ SCORE_CELLS = 1 << 21  # rows scored at once x n_items: 8 MB of float32 scores s
 def _block_runner(model, metrics: RankingMetrics):
     """One compiled function: (block, state) -> (metric totals of the block, state after it).
 
-    The recurrence runs step by step; the scoring does not depend on it, so the hidden states of
-    all real (non-padding) events of the block are collected and scored together, in slices of
+    Each step advances only the lanes holding a real event (padding fills the tails of lanes, and
+    a lane's next real step after padding would start a session and zero its state anyway), so the
+    cost follows the events, not lanes x steps. The scoring does not feed back into the recurrence:
+    the hidden states of the block's events are collected and scored together, in slices of
     `SCORE_CELLS / n_items` rows: few large matmuls and metric updates instead of one per step.
     """
     rows_per_slice = max(1, SCORE_CELLS // metrics.n_items)
@@ -38,20 +40,21 @@ def _block_runner(model, metrics: RankingMetrics):
     @tf.function(reduce_retracing=True)
     def run_block(block, state):
         steps = tf.shape(block["input"])[1]
-        hidden = tf.TensorArray(tf.float32, size=steps)
+        collect = lambda dtype, shape: tf.TensorArray(dtype, size=steps, infer_shape=False, element_shape=shape)
+        hidden = collect(tf.float32, tf.TensorShape([None, state[-1].shape[-1]]))
+        targets, weights = collect(tf.int32, tf.TensorShape([None])), collect(tf.float32, tf.TensorShape([None]))
         for t in tf.range(steps):
-            keep = 1.0 - block["reset"][:, t][:, None]  # a new session starts here: zero the state first
-            state = [s * keep for s in state]
-            h, state = model.step(block["input"][:, t], state, training=False)
+            real = tf.where(block["weight"][:, t] > 0)[:, 0]
+            keep = 1.0 - tf.gather(block["reset"][:, t], real)[:, None]  # a session starts: zero its state
+            lanes = [tf.gather(s, real) * keep for s in state]
+            h, lanes = model.step(tf.gather(block["input"][:, t], real), lanes, training=False)
+            state = [tf.tensor_scatter_nd_update(s, real[:, None], n) for s, n in zip(state, lanes)]
             hidden = hidden.write(t, tf.cast(h, tf.float32))
-        h = hidden.stack()  # [T, lanes, H]
-        h = tf.reshape(h, [-1, tf.shape(h)[2]])
-        flat = lambda x: tf.reshape(tf.transpose(x), [-1])  # [lanes, T] -> step-major like h
-        weight = flat(block["weight"])
-        real = tf.where(weight > 0)[:, 0]  # padding is never scored
-        h, target, weight = tf.gather(h, real), tf.gather(flat(block["target"]), real), tf.gather(weight, real)
+            targets = targets.write(t, tf.gather(block["target"][:, t], real))
+            weights = weights.write(t, tf.gather(block["weight"][:, t], real))
+        h, target, weight = hidden.concat(), targets.concat(), weights.concat()
         acc = metrics.initial()
-        n_real = tf.shape(real, out_type=tf.int32)[0]
+        n_real = tf.shape(target)[0]
         for lo in tf.range(0, n_real, rows_per_slice):
             hi = tf.minimum(lo + rows_per_slice, n_real)
             acc = metrics.update(acc, model.item_scores(h[lo:hi]), target[lo:hi], weight[lo:hi])
