@@ -7,10 +7,10 @@
   value. Unused rows keep their velocity untouched until they are used again.
 - adam: plain (dense) Adam, the tutorial's choice.
 
-`apply(grads, active)` is called in replica context. It hands the per-replica gradients to a
-`merge_call`, sums them across replicas (`batch_reduce_to`, which also handles IndexedSlices) and
-updates every replica's copy with `extended.update`: the pattern stock optimizers use, so it works
-under the default strategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy alike.
+`apply(grads, active)` is called in replica context. It sums the gradients across replicas
+(all-reduce for dense ones, all-gather of rows for IndexedSlices), then a `merge_call` updates every
+replica's copy with `extended.update`: the pattern stock optimizers use, so it works under the
+default strategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy alike.
 `active` (real lanes, summed over replicas) turns the whole update into a no-op on a step where
 every lane is padding, so padding never moves a weight (momentum would otherwise keep moving them);
 it is a select, not a tf.cond, to keep tracing cheap.
@@ -63,17 +63,39 @@ class _Optimizer(tf.Module):
     def apply(self, grads, active):
         """Called in replica context with this replica's gradients and its real-lane count for the step."""
         ctx = tf.distribute.get_replica_context()
-        ctx.merge_call(self._apply_cross_replica, args=(list(grads), active))
+        grads, active = list(grads), tf.cast(active, tf.float32)
+        if ctx.num_replicas_in_sync > 1:
+            grads, active = _sum_over_replicas(ctx, grads, active)
+        ctx.merge_call(self._apply_cross_replica, args=(grads, active))
 
     @tf.autograph.experimental.do_not_convert
     def _apply_cross_replica(self, strategy, grads, active):
-        pairs = [(g, v) for g, v in zip(grads, self.variables_)]
-        reduced = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, pairs + [(active, self.iterations)])
-        grads, active = reduced[:-1], reduced[-1]
+        # every replica now holds the same summed gradients: update each copy with its own
         strategy.extended.update(self.iterations, _count_active, args=(active,))
         for i, (g, v) in enumerate(zip(grads, self.variables_)):
             slots = tuple(self.slots[s][i] for s in self.slot_names)
             strategy.extended.update(v, self._update, args=(g, active, self.iterations) + slots)
+
+
+def _sum_over_replicas(ctx, grads, active):
+    """Sum gradients over replicas in replica context.
+
+    Dense ones with one all-reduce; row-sparse ones by all-gathering their (indices, values): their
+    shapes are static and equal on every replica, so this is a plain all-gather (the optimizer sums
+    duplicate rows anyway). tf.distribute's own IndexedSlices all-reduce gathers lengths first and
+    branches on them (a tf.cond around collectives), which deadlocked MultiWorkerMirroredStrategy
+    inside the in-graph step loop.
+    """
+    dense = [i for i, g in enumerate(grads) if not isinstance(g, tf.IndexedSlices)]
+    summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in dense] + [active])
+    out = list(grads)
+    for i, value in zip(dense, summed[:-1]):
+        out[i] = value
+    for i, g in enumerate(grads):
+        if isinstance(g, tf.IndexedSlices):
+            out[i] = tf.IndexedSlices(ctx.all_gather(g.values, axis=0), ctx.all_gather(g.indices, axis=0),
+                                      g.dense_shape)
+    return out, summed[-1]
 
 
 @tf.autograph.experimental.do_not_convert

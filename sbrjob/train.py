@@ -68,6 +68,7 @@ class Trainer:
         if cfg.train.jit_compile and not single:
             log.info("train.jit_compile applies to single-device runs; TPUStrategy compiles with XLA anyway")
         self.train_block = tf.function(self._block, jit_compile=jit)
+        self._gather = None
 
     # -------------------------------------------------------------- hidden state <-> global tensors
 
@@ -86,9 +87,12 @@ class Trainer:
         return self.strategy.experimental_distribute_values_from_function(slice_for)
 
     def gather_state(self, state) -> list[tf.Tensor]:
+        """Per-replica states -> global [B, H] tensors (a collective: every worker must call it)."""
         if self.replicas == 1:
             return [tf.convert_to_tensor(self.strategy.experimental_local_results(s)[0]) for s in state]
-        return [self.strategy.gather(s, axis=0) for s in state]
+        if self._gather is None:  # one traced function, not a fresh eager trace per checkpoint
+            self._gather = tf.function(lambda st: [self.strategy.gather(s, axis=0) for s in st])
+        return self._gather(state)
 
     # -------------------------------------------------------------- the compiled training block
 
@@ -120,6 +124,9 @@ class Trainer:
     def _block(self, block, state, first_step):
         """T steps in-graph; returns (new per-replica state, [sum of weighted lane losses, real lane-steps])."""
         sums = self.strategy.run(lambda: tf.zeros([2]))
+        # pass the state through strategy.run once, so the loop carries the structure it returns
+        # (with one local replica, e.g. one per worker, that is a plain tensor, not a PerReplica)
+        state = self.strategy.run(lambda s: [tf.identity(x) for x in s], args=(state,))
         for t in tf.range(self.block_steps):
             state, sums = self.strategy.run(self._replica_step,
                                             args=(block, state, sums, t, first_step + tf.cast(t, tf.int64)))
@@ -280,7 +287,9 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
         if progress.fingerprint.numpy().decode() != fingerprint:
             raise SbrjobError(f"{cfg.checkpoint_dir}: checkpoints belong to a different model/train config or data; "
                               "use another output_dir or delete the checkpoints directory")
-        log.info("resuming from %s (epoch %d, block %d)", latest, int(progress.epoch), int(progress.block))
+        if chief:
+            print(f"resuming from {latest} (epoch {int(progress.epoch) + 1}, block {int(progress.block)})",
+                  file=sys.stderr, flush=True)
     progress.fingerprint.assign(fingerprint)
     if chief:
         save_config(cfg, cfg.output_dir)
