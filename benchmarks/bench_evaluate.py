@@ -1,7 +1,7 @@
 """Full-ranking evaluation throughput (target: >= 50k events/s on an ML-1M-size catalogue on CPU).
 
     .venv/bin/python benchmarks/bench_evaluate.py [--items 3700] [--hidden 128] [--lanes 256]
-        [--block-steps 32] [--events 200000] [--ties conservative] [--repeats 3]
+        [--block-steps 32] [--events 200000] [--ties conservative] [--repeats 3] [--accuracy-only]
 
 Writes a synthetic test split (MovieLens-like session lengths) to TFRecord shards with
 `sbrjob.export.write_split`, then times `sbrjob.evaluate.evaluate_model` end to end (shard reading,
@@ -51,13 +51,15 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--ties", default="conservative")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--accuracy-only", action="store_true", help="eval.beyond_accuracy false: no top-K lists")
     args = ap.parse_args()
 
-    cfg = config_from_dict({"model": {"layers": [args.hidden]}, "eval": {"ties": args.ties}})
+    cfg = config_from_dict({"model": {"layers": [args.hidden]},
+                            "eval": {"ties": args.ties, "beyond_accuracy": not args.accuracy_only}})
     session, item = synthetic_sessions(args.events, args.items)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}")
     print(f"catalogue {args.items} items, GRU {args.hidden}, {args.lanes} lanes x {args.block_steps} steps, "
-          f"ties {args.ties}, cutoffs {cfg.eval.cutoffs}")
+          f"ties {args.ties}, cutoffs {cfg.eval.cutoffs}, coverage/popularity {cfg.eval.beyond_accuracy}")
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_split(session, item, f"{tmp}/test", split="test", lanes=args.lanes, n_shards=1,
                                block_steps=args.block_steps)
@@ -85,7 +87,8 @@ def main() -> None:
     rng = np.random.default_rng(1)
     scores = tf.constant(rng.normal(size=(args.lanes, args.items)).astype(np.float32))
     targets = tf.constant(rng.integers(0, args.items, size=args.lanes).astype(np.int32))
-    m = RankingMetrics(args.items, cfg.eval.cutoffs, args.ties, item_support=support)
+    m = RankingMetrics(args.items, cfg.eval.cutoffs, args.ties, item_support=support,
+                       beyond_accuracy=cfg.eval.beyond_accuracy)
     update = tf.function(lambda s, t: m.update(m.initial(), s, t))
     update(scores, targets)
     reps = 200

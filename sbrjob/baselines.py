@@ -329,7 +329,8 @@ def run_baselines(cfg: JobConfig) -> dict:
     for name in cfg.eval.baselines:
         t0 = time.perf_counter()
         model = make_baseline(name, cfg.eval).fit(train, n_items)
-        metrics = evaluate_baseline(model, test, RankingMetrics(n_items, cfg.eval.cutoffs, cfg.eval.ties, support))
+        metrics = evaluate_baseline(model, test, RankingMetrics(n_items, cfg.eval.cutoffs, cfg.eval.ties, support,
+                                                                cfg.eval.beyond_accuracy))
         if metrics.events != test.pairs:
             raise SbrjobError(f"{name}: evaluated {metrics.events} events, the test split has {test.pairs} pairs")
         results[name] = {"split": "test", **metrics.result(), "seconds": round(time.perf_counter() - t0, 3)}

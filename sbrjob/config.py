@@ -113,6 +113,8 @@ class EvalConfig:
     cutoffs: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     ties: Literal["standard", "conservative", "median"] = "conservative"
     metric: str = "mrr@20"  # selects the best checkpoint (and what `tune` optimises)
+    # coverage@K and popularity@K need a top-K list per prediction (about a third of evaluation time)
+    beyond_accuracy: bool = True
     # `sbrjob baselines`: which ones, on the same splits with the same metrics
     baselines: list[Literal["pop", "spop", "itemknn", "vsknn"]] = field(
         default_factory=lambda: ["pop", "spop", "itemknn", "vsknn"])

@@ -111,7 +111,8 @@ def evaluate_model(model, split_dir: str, cfg: JobConfig, support: Optional[np.n
         support = item_support(cfg)
     if support is not None and len(support) != n_items:
         support = None  # vocabulary of another run: popularity would be meaningless
-    metrics = RankingMetrics(n_items, cfg.eval.cutoffs, cfg.eval.ties, item_support=support)
+    metrics = RankingMetrics(n_items, cfg.eval.cutoffs, cfg.eval.ties, item_support=support,
+                             beyond_accuracy=cfg.eval.beyond_accuracy)
     evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics)
     if metrics.events != manifest["pairs"]:
         raise SbrjobError(f"{split_dir}: evaluated {metrics.events} events but the manifest lists "

@@ -87,15 +87,16 @@ class RankingMetrics:
     ACCURACY = ("recall", "mrr", "ndcg")
 
     def __init__(self, n_items: int, cutoffs: Sequence[int] = (1, 5, 10, 20), ties: str = "conservative",
-                 item_support: Optional[np.ndarray] = None):
+                 item_support: Optional[np.ndarray] = None, beyond_accuracy: bool = True):
         if ties not in TIE_MODES:
             raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
         self.n_items = int(n_items)
         self.cutoffs = sorted(set(int(k) for k in cutoffs))
         self.top = min(max(self.cutoffs), self.n_items)
         self.ties = ties
+        self.beyond_accuracy = beyond_accuracy  # coverage/popularity need a top-K list per prediction
         self.popularity = None
-        if item_support is not None:
+        if item_support is not None and beyond_accuracy:
             support = np.asarray(item_support, dtype=np.float64)
             if support.shape != (self.n_items,):
                 raise ValueError(f"item_support has shape {support.shape}, expected ({self.n_items},)")
@@ -117,14 +118,18 @@ class RankingMetrics:
         scores = tf.cast(scores, tf.float32)
         w = tf.ones_like(scores[:, 0]) if weights is None else tf.cast(weights, tf.float32)
         ranks = target_ranks(scores, targets, self.ties)
-        top = top_k_indices(scores, self.top)  # [b, top]
         out = {"events": acc["events"] + tf.reduce_sum(w)}
         sums = {name: [] for name in self.ACCURACY + ("popularity",)}
         covered = []
+        top = top_k_indices(scores, self.top) if self.beyond_accuracy else None  # [b, top]
         for k in self.cutoffs:
             per_event = rank_metrics(ranks, k)
             for name in self.ACCURACY:
                 sums[name].append(tf.reduce_sum(per_event[name] * w))
+            if top is None:
+                sums["popularity"].append(tf.zeros([], tf.float32))
+                covered.append(tf.zeros([self.n_items], tf.float32))
+                continue
             shown = top[:, :min(k, self.top)]
             counts = tf.math.unsorted_segment_sum(
                 tf.reshape(tf.broadcast_to(w[:, None], tf.shape(shown)), [-1]),
@@ -173,14 +178,14 @@ class RankingMetrics:
         return int(round(self._events))
 
     def result(self) -> dict:
-        """{"events", "ties", "recall@K", "mrr@K", "ndcg@K", "coverage@K"[, "popularity@K"]}."""
+        """{"events", "ties", "recall@K", "mrr@K", "ndcg@K"[, "coverage@K"[, "popularity@K"]]}."""
         n = max(self._events, 1.0)
         out: dict = {"events": self.events, "ties": self.ties}
         names = self.ACCURACY + (("popularity",) if self.popularity is not None else ())
         for name in self.ACCURACY:
             for i, k in enumerate(self.cutoffs):
                 out[f"{name}@{k}"] = float(self._sums[name][i] / n)
-        for i, k in enumerate(self.cutoffs):
+        for i, k in enumerate(self.cutoffs if self.beyond_accuracy else []):
             out[f"coverage@{k}"] = float(self._covered[i].mean())
         if "popularity" in names:
             for i, k in enumerate(self.cutoffs):

@@ -117,3 +117,12 @@ def test_two_stage_top_k_equals_top_k(n, k):
     for scores in (smooth, tied):
         got = top_k_indices(tf.constant(scores), k, group=8).numpy()
         np.testing.assert_array_equal(got, tf.math.top_k(scores, k=k).indices.numpy())
+
+
+def test_accuracy_only_mode_gives_same_accuracy_without_coverage():
+    full = _result("conservative", support=SUPPORT)
+    m = RankingMetrics(5, (1, 2, 3), "conservative", item_support=SUPPORT, beyond_accuracy=False)
+    m.add(SCORES, TARGETS)
+    lean = m.result()
+    assert not any(k.startswith(("coverage", "popularity")) for k in lean)
+    assert lean == {k: v for k, v in full.items() if not k.startswith(("coverage", "popularity"))}
