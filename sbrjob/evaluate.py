@@ -3,9 +3,9 @@
 The split's shards already lay out every test session in session-parallel lanes: at each step
 lane b feeds event t and its target is event t+1, `reset` marks the first step of a session (the
 hidden state is zeroed exactly there) and `weight` 0 marks padding. So evaluation is one pass over
-the blocks: one compiled `tf.function` per block advances all lanes T steps, scores ALL items for
-every lane and step, and returns the block's metric totals; the host adds them up (micro-average).
-Every (input, target) pair of the split is counted exactly once.
+the blocks: one compiled `tf.function` per block advances the lanes T steps, scores ALL items for
+every real event, ranks its target and returns the block's metric totals; the host adds them up
+(micro-average). Every (input, target) pair of the split is counted exactly once, and checked.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
 
 
-SCORE_CELLS = 1 << 21  # rows scored at once x n_items: 8 MB of float32 scores stays in cache
+SCORE_CELLS = 1 << 21  # rows scored at once x n_items: 8 MB of float32 scores (cache-friendly)
 
 
 def _block_runner(model, metrics: RankingMetrics):
