@@ -29,8 +29,13 @@ demo: install
 	$(BIN)/sbrjob baselines --config tiny
 	$(BIN)/sbrjob recommend --run $(RUN) --items 161,115,254 -k 5
 
+# Every benchmark with its default setting; the figures in BENCHMARKS.md come from these.
+# Full-scale YOOCHOOSE prepare needs `$(BIN)/python benchmarks/gen_yoochoose.py /tmp/yoochoose-clicks-synth.dat` first.
 bench: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_prepare.py --cases ml1m
+	$(BIN)/python benchmarks/bench_export.py
+	$(BIN)/python benchmarks/bench_train.py --quick
+	$(BIN)/python benchmarks/bench_evaluate.py
 
 # The CPU image (docker/Dockerfile): Docker when an engine answers, else podman with a locally
 # bootstrapped debian:bookworm base (see scripts/container_ci.sh). GPU: docker/Dockerfile.gpu.
