@@ -349,14 +349,19 @@ def parse_config(raw: dict, where: str = "<config>") -> JobConfig:
     return cfg
 
 
-def load_config(name: str, overrides: list[str] | None = None) -> JobConfig:
-    text, where = _read_config_text(name)
+def parse_yaml(text: str, where: str) -> Any:
+    """yaml.safe_load with a one-line error that names the file and line."""
     try:
-        raw = yaml.safe_load(text) or {}
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise SbrjobError(f"{where}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def load_config(name: str, overrides: list[str] | None = None) -> JobConfig:
+    text, where = _read_config_text(name)
+    raw = parse_yaml(text, where) or {}
     if not isinstance(raw, dict):
         raise SbrjobError(f"{where}: expected a mapping of sections at the top level")
     for assignment in overrides or []:

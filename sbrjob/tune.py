@@ -32,10 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-import yaml
 
 from sbrjob import storage
-from sbrjob.config import JobConfig, dump_config, join, parse_config
+from sbrjob.config import JobConfig, dump_config, join, parse_config, parse_yaml
 from sbrjob.errors import SbrjobError
 
 TUNABLE_SECTIONS = ("export", "model", "train")  # data/split sections must not vary: same validation split
@@ -198,12 +197,7 @@ def resolve_space(cfg: JobConfig, space_file: Optional[str] = None) -> tuple[lis
             text = storage.read_text(space_file)
         except (OSError, FileNotFoundError) as err:
             raise SbrjobError(f"{space_file}: cannot read search space ({err})") from None
-        try:
-            over = yaml.safe_load(text) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark else ""
-            raise SbrjobError(f"{space_file}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        over = parse_yaml(text, space_file) or {}
         if not isinstance(over, dict):
             raise SbrjobError(f"{space_file}: a search space is a mapping of config keys to ranges")
         raw.update(over)
