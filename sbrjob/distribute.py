@@ -67,18 +67,31 @@ def choose(kind: str = "auto") -> str:
     return "default"
 
 
+_made: dict[str, tf.distribute.Strategy] = {}
+
+
 def make_strategy(kind: str = "auto") -> tuple[tf.distribute.Strategy, str]:
-    """(strategy, resolved kind). Mirrored uses every GPU, or every logical CPU when there is no GPU."""
+    """(strategy, resolved kind). Mirrored uses every GPU, or every logical CPU when there is no GPU.
+
+    One strategy per kind per process: a second MirroredStrategy over the same devices would reuse
+    the first one's collective keys (a crash in `tune`, which trains several models in a process).
+    """
     kind = choose(kind)
+    if kind not in _made:
+        _made[kind] = _new_strategy(kind)
+    return _made[kind], kind
+
+
+def _new_strategy(kind: str) -> tf.distribute.Strategy:
     if kind == "default":
-        return tf.distribute.get_strategy(), kind
+        return tf.distribute.get_strategy()
     if kind == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices]), kind
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if kind == "multi_worker":
         if worker_count() < 1:
             raise SbrjobError("train.strategy multi_worker: TF_CONFIG does not list any workers")
-        return tf.distribute.MultiWorkerMirroredStrategy(), kind
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
@@ -86,5 +99,5 @@ def make_strategy(kind: str = "auto") -> tuple[tf.distribute.Strategy, str]:
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, tf.errors.OpError) as err:
             raise SbrjobError(f"train.strategy tpu: no TPU reachable ({str(err).splitlines()[0][:200]})") from None
-        return tf.distribute.TPUStrategy(resolver), kind
+        return tf.distribute.TPUStrategy(resolver)
     raise SbrjobError(f"train.strategy: unknown strategy {kind!r}")

@@ -15,7 +15,9 @@ default strategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy 
 every lane is padding, so padding never moves a weight (momentum would otherwise keep moving them);
 it is a select, not a tf.cond, to keep tracing cheap.
 
-Row-sparse updates are static-shaped (sort + segment sums, no tf.unique), so they compile with XLA.
+Row-sparse updates use dynamic shapes (fast on CPU/GPU); with `static_shapes` (set under XLA:
+jit_compile or TPU) an equivalent static-shaped variant is used instead.
+With momentum 0 the velocity slot is not maintained (it would always equal the last step).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tensorflow as tf
 
 
 def dedupe_rows(grad: tf.IndexedSlices):
-    """Sum duplicate rows of an IndexedSlices with static shapes.
+    """Sum duplicate rows of an IndexedSlices with static shapes (for XLA/TPU).
 
     Returns (rows [n], values [n, ...], touched [n] bool): the first u entries are the u distinct rows
     with their summed gradients and the remaining entries repeat entry 0 (so scatter_update writes
@@ -49,6 +51,25 @@ def dedupe_rows(grad: tf.IndexedSlices):
     return rows, summed, touched
 
 
+def unique_touched_rows(grad: tf.IndexedSlices):
+    """(rows [u], summed values [u, ...]) of the distinct rows with a non-zero summed gradient.
+
+    Dynamic shapes: sort + sorted segment_sum, several times faster on CPU than
+    unsorted_segment_sum. Rows whose gradient is exactly zero come only from padded lanes and are
+    dropped (see `dedupe_rows`).
+    """
+    idx = tf.cast(grad.indices, tf.int32)
+    order = tf.argsort(idx, stable=True)
+    s_idx = tf.gather(idx, order)
+    first = tf.concat([[True], s_idx[1:] != s_idx[:-1]], axis=0)
+    seg = tf.cumsum(tf.cast(first, tf.int32)) - 1
+    summed = tf.math.segment_sum(tf.gather(grad.values, order), seg)
+    rows = tf.boolean_mask(s_idx, first)
+    axes = list(range(1, len(grad.values.shape)))
+    touched = tf.reduce_any(summed != 0, axis=axes) if axes else summed != 0
+    return tf.boolean_mask(rows, touched), tf.boolean_mask(summed, touched)
+
+
 class _Optimizer(tf.Module):
     slot_names: tuple[str, ...] = ()
 
@@ -59,6 +80,7 @@ class _Optimizer(tf.Module):
         self.slots = {s: [tf.Variable(tf.zeros_like(v), trainable=False, name=f"{s}_{i}")
                           for i, v in enumerate(self.variables_)] for s in self.slot_names}
         self.iterations = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="iterations")
+        self.static_shapes = False  # True under XLA (jit_compile, TPU): row-sparse updates avoid dynamic shapes
 
     def apply(self, grads, active):
         """Called in replica context with this replica's gradients and its real-lane count for the step."""
@@ -66,10 +88,12 @@ class _Optimizer(tf.Module):
         grads, active = list(grads), tf.cast(active, tf.float32)
         if ctx.num_replicas_in_sync > 1:
             grads, active = _sum_over_replicas(ctx, grads, active)
-        ctx.merge_call(self._apply_cross_replica, args=(grads, active))
+        # one packed argument: merge_call regroups it per replica whatever the replicas' values are
+        ctx.merge_call(self._apply_cross_replica, args=((grads, active),))
 
     @tf.autograph.experimental.do_not_convert
-    def _apply_cross_replica(self, strategy, grads, active):
+    def _apply_cross_replica(self, strategy, packed):
+        grads, active = packed
         # every replica now holds the same summed gradients: update each copy with its own
         strategy.extended.update(self.iterations, _count_active, args=(active,))
         for i, (g, v) in enumerate(zip(grads, self.variables_)):
@@ -115,6 +139,15 @@ class AdagradMomentum(_Optimizer):
         active = active > 0
         if isinstance(grad, tf.IndexedSlices):
             # an all-padding step has all-zero gradients: no row is touched, nothing moves
+            if not self.static_shapes:
+                rows, g = unique_touched_rows(grad)
+                acc.scatter_add(tf.IndexedSlices(tf.square(g), rows))
+                step = -self.lr * g / tf.sqrt(tf.gather(acc, rows) + self.epsilon)
+                if self.momentum:
+                    step = self.momentum * tf.gather(vel, rows) + step
+                    vel.scatter_update(tf.IndexedSlices(step, rows))
+                var.scatter_add(tf.IndexedSlices(step, rows))
+                return
             rows, g, touched = dedupe_rows(grad)
             a_old, v_old, p_old = tf.gather(acc, rows), tf.gather(vel, rows), tf.gather(var, rows)
             a = a_old + tf.square(g)

@@ -67,6 +67,7 @@ class Trainer:
         jit = bool(cfg.train.jit_compile) and single
         if cfg.train.jit_compile and not single:
             log.info("train.jit_compile applies to single-device runs; TPUStrategy compiles with XLA anyway")
+        self.optimizer.static_shapes = jit or isinstance(strategy, tf.distribute.TPUStrategy)
         self.train_block = tf.function(self._block, jit_compile=jit)
         self._gather = None
 

@@ -3,6 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
+from sbrjob.distribute import make_strategy
 from sbrjob.optim import Adam, AdagradMomentum, dedupe_rows
 
 LR, MU, EPS = 0.1, 0.4, 1e-6
@@ -91,7 +92,8 @@ def test_adam_matches_keras():
 
 
 def test_mirrored_strategy_sums_replica_gradients_and_keeps_copies_identical():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy, _ = make_strategy("mirrored")  # the 2 logical CPUs of conftest; one strategy per process
+    assert strategy.num_replicas_in_sync == 2
     init = np.arange(8, dtype=np.float32).reshape(4, 2)
     with strategy.scope():
         table, bias = tf.Variable(init), tf.Variable([1.0, 1.0])

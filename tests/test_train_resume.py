@@ -1,0 +1,108 @@
+"""`kill -9` in the middle of an epoch, re-run the same command: same final metrics as an uninterrupted run."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sbrjob import train
+from sbrjob.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = ["train.checkpoint_every_steps=8", "train.epochs=2", "train.keep_checkpoints=2"]
+SLOW_CLI = r"""
+import sys, time
+from sbrjob import train
+init = train.Trainer.__init__
+def slow_init(self, *args, **kwargs):  # give the test time to kill us mid-epoch; the math is unchanged
+    init(self, *args, **kwargs)
+    block = self.train_block
+    def slow_block(*a):
+        time.sleep(0.05)
+        return block(*a)
+    self.train_block = slow_block
+train.Trainer.__init__ = slow_init
+from sbrjob.cli import run
+sys.argv = ["sbrjob"] + sys.argv[1:]
+run()
+"""
+
+
+def cli_args(out):
+    args = ["train", "--config", "tiny", "--set", f"output_dir={out}"]
+    for s in SETTINGS:
+        args += ["--set", s]
+    return args
+
+
+def checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.name[len("ckpt-"):-len(".index")]) for p in (out / "checkpoints/last").glob("ckpt-*.index"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "whole"
+    cfg = load_config("tiny", [f"output_dir={out}"] + SETTINGS)
+    return out, train.train(cfg)
+
+
+def test_kill_9_mid_epoch_and_rerun_gives_the_same_metrics(uninterrupted, tmp_path):
+    whole, want = uninterrupted
+    out = tmp_path / "killed"
+    out.mkdir()
+    for stage in ("data", "shards"):  # reuse the prepared data and shards: identical bytes, less waiting
+        shutil.copytree(whole / stage, out / stage)
+    steps_per_epoch = json.loads((whole / "shards/train/manifest.json").read_text())["steps"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI] + cli_args(out), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = checkpoint_steps(out) if (out / "checkpoints/last").is_dir() else []
+            if done and steps_per_epoch + 40 <= done[-1] < 2 * steps_per_epoch - 40:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, f"finished or died before the kill: {proc.stderr.read()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    partial = json.loads((out / "metrics.json").read_text())
+    assert partial["status"] == "training" and len(partial["epochs"]) == 1  # killed in epoch 2
+    killed_at = checkpoint_steps(out)[-1]
+    assert steps_per_epoch < killed_at < 2 * steps_per_epoch
+
+    rerun = subprocess.run([sys.executable, "-m", "sbrjob"] + cli_args(out), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {out}/checkpoints/last/ckpt-{killed_at}" in rerun.stderr
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["status"] == "done" and json.loads(rerun.stdout)["test"] == got["test"]
+    for a, b in zip(got["epochs"], want["epochs"]):
+        assert (a["epoch"], a["train_events"], a["valid"]) == (b["epoch"], b["train_events"], b["valid"])
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9)
+    assert got["test"] == want["test"] and got["best_epoch"] == want["best_epoch"]
+
+
+def test_load_trained_restores_best_and_last(uninterrupted):
+    whole, metrics = uninterrupted
+    cfg, model, items = train.load_trained(str(whole), "best")
+    assert cfg.name == "tiny" and model.n_items == len(items)
+    _, last, _ = train.load_trained(str(whole), "last")
+    path = tf.train.latest_checkpoint(str(whole / "checkpoints/last"))
+    _, by_path, _ = train.load_trained(str(whole), path)
+    np.testing.assert_array_equal(by_path.Wy.numpy(), last.Wy.numpy())
+    h = tf.random.normal([2, cfg.model.layers[-1]], seed=1)
+    assert model.item_scores(h).shape == (2, len(items))
+    with pytest.raises(train.SbrjobError, match="no 'best' checkpoint|not found"):
+        train.load_trained(str(whole / "nothing-here"), "best")
