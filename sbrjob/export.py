@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +134,21 @@ def ensure_exported(cfg: JobConfig, force: bool = False) -> dict:
 
         prepare.ensure_prepared(cfg, force=True)
     return export(cfg, force=force)
+
+
+def wait_for_export(cfg: JobConfig, timeout_s: float = 3600.0, poll_s: float = 2.0) -> dict:
+    """Workers other than the chief read the chief's shards and never write them: two workers
+    publishing the same split at once could interleave. Waits until every split is current."""
+    from sbrjob import prepare
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = prepare.read_manifest(cfg.data_dir)
+        if data is not None and data.get("fingerprint") == prepare.data_fingerprint(cfg):
+            dirs = {split: join(cfg.shards_dir, split) for split in SPLITS}
+            if all(is_current(d, data, cfg) for d in dirs.values()):
+                return {split: shards.read_manifest(d) for split, d in dirs.items()}
+        if time.monotonic() > deadline:
+            raise SbrjobError(f"{cfg.shards_dir}: the chief worker did not publish current shards within "
+                              f"{timeout_s:.0f} s; check the chief's log, or run `sbrjob export` before the job")
+        time.sleep(poll_s)

@@ -250,10 +250,10 @@ def configure_determinism(cfg: JobConfig) -> None:
 
 def train(cfg: JobConfig, reexport: bool = False) -> dict:
     """Prepare/export if needed, train (resuming from the last checkpoint), evaluate; returns metrics.json's content."""
-    from sbrjob.export import ensure_exported
+    from sbrjob.export import ensure_exported, wait_for_export
 
     configure_determinism(cfg)
-    manifests = ensure_exported(cfg, force=reexport)
+    manifests = ensure_exported(cfg, force=reexport) if is_chief() else wait_for_export(cfg)
     strategy, kind = make_strategy(cfg.train.strategy)
     train_manifest = manifests["train"]
     n_items = int(train_manifest["n_items"])
@@ -277,12 +277,15 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
     trainer = Trainer(cfg, strategy, n_items, support, manifest["lanes"], manifest["block_steps"])
     progress = Progress(manifest["lanes"], list(cfg.model.layers))
     ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, progress=progress)
-    own_dir = cfg.checkpoint_dir if chief else join(cfg.checkpoint_dir, f".{task_id()}")
+    # gs:// outputs: TensorFlow writes into local mirrors that sync_dir pushes after every save
+    # (TF's own gs:// filesystem cannot be tested against an emulator). Locally both are no-ops.
+    ckpt_work = storage.work_dir(cfg.checkpoint_dir)
+    own_dir = ckpt_work if chief else join(ckpt_work, f".{task_id()}")
     last = tf.train.CheckpointManager(ckpt, join(own_dir, "last"), max_to_keep=cfg.train.keep_checkpoints)
     best = tf.train.CheckpointManager(ckpt, join(own_dir, "best"), max_to_keep=1)
     fingerprint = run_fingerprint(cfg, manifest)
 
-    latest = tf.train.latest_checkpoint(join(cfg.checkpoint_dir, "last"))
+    latest = tf.train.latest_checkpoint(join(ckpt_work, "last"))
     if latest:
         ckpt.restore(latest).assert_existing_objects_matched()
         if progress.fingerprint.numpy().decode() != fingerprint:
@@ -294,12 +297,19 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
     progress.fingerprint.assign(fingerprint)
     if chief:
         save_config(cfg, cfg.output_dir)
-    writer = tf.summary.create_file_writer(join(cfg.output_dir, "tensorboard")) if chief else None
+    tb_dir = join(cfg.output_dir, "tensorboard")
+    tb_work = storage.work_dir(tb_dir) if chief else None
+    writer = tf.summary.create_file_writer(tb_work) if chief else None
+
+    def push(which: str) -> None:
+        if chief:  # checkpoint marker file last: a killed upload leaves no trusted checkpoint
+            storage.sync_dir(join(own_dir, which), join(cfg.checkpoint_dir, which), last="checkpoint")
 
     def save_last():
         for var, value in zip(progress.hidden, trainer.gather_state(state)):
             var.assign(value)
         last.save(checkpoint_number=int(progress.step))
+        push("last")
 
     report = _Report(cfg, kind, strategy.num_replicas_in_sync, manifest)
     state = trainer.distribute_state([h.value() for h in progress.hidden]) if int(progress.block) > 0 \
@@ -353,6 +363,7 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
         save_last()
         if improved:
             best.save(checkpoint_number=int(progress.step))
+            push("best")
         if writer is not None:
             with writer.as_default(step=epoch + 1):
                 _scalar("epoch/train_loss", record["train_loss"])
@@ -361,6 +372,7 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
                     if isinstance(value, (int, float)) and "@" in key:
                         _scalar(f"valid/{key}", value)
             writer.flush()
+            storage.sync_dir(tb_work, tb_dir)
         log.info("epoch %d: %s", epoch + 1, json.dumps(record))
         if chief:
             report.write(history)
@@ -448,9 +460,10 @@ def load_trained(run_dir: str, which: str = "best"):
     cfg.output_dir = run_dir
     items = load_items(cfg.data_dir)
     if which in ("best", "last"):
-        path = tf.train.latest_checkpoint(join(cfg.checkpoint_dir, which))
+        ckpt_root = storage.work_dir(cfg.checkpoint_dir)  # a local mirror when gs://
+        path = tf.train.latest_checkpoint(join(ckpt_root, which))
         if path is None and which == "best":
-            path = tf.train.latest_checkpoint(join(cfg.checkpoint_dir, "last"))
+            path = tf.train.latest_checkpoint(join(ckpt_root, "last"))
     else:
         path = tf.train.latest_checkpoint(which) or which
     if not path or not (storage.exists(path + ".index") if not storage.is_remote(path) else True):

@@ -199,3 +199,15 @@ def test_cli_export_then_ensure_exported_from_raw_sample_data(tmp_path):
     e = cfg.export
     assert (manifests["train"]["lanes"], manifests["train"]["block_steps"]) == (e.batch_size, e.block_steps)
     assert manifests["train"]["padding"] < 0.1
+
+
+def test_non_chief_worker_waits_for_the_chiefs_shards_and_never_writes(tmp_path):
+    cfg = config.load_config("tiny", [f"output_dir={tmp_path / 'run'}"])
+    with pytest.raises(SbrjobError, match="chief worker did not publish"):
+        export.wait_for_export(cfg, timeout_s=0.2, poll_s=0.05)
+    assert not (tmp_path / "run").exists()  # waiting wrote nothing
+    manifests = export.ensure_exported(cfg)  # what the chief does
+    assert export.wait_for_export(cfg, timeout_s=1) == manifests
+    stale = config.load_config("tiny", [f"output_dir={tmp_path / 'run'}", "export.block_steps=4"])
+    with pytest.raises(SbrjobError, match="chief worker"):
+        export.wait_for_export(stale, timeout_s=0.2, poll_s=0.05)

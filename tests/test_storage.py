@@ -276,9 +276,6 @@ def test_prepare_and_export_write_only_to_gcs(gcs_run):
     assert {f: _generation(f"{run}/{f}") for f in before} == before
 
 
-@pytest.mark.xfail(strict=True, reason="train.py writes checkpoints/TensorBoard through TensorFlow's own gs:// "
-                   "filesystem, which cannot reach the emulator: it must use storage.work_dir + sync_dir "
-                   "(remove this mark when it does)")
 def test_train_and_evaluate_write_only_to_gcs(gcs_run):
     run, cwd, invoke = gcs_run
     invoke("train")
