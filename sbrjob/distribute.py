@@ -94,7 +94,8 @@ def _new_strategy(kind: str) -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == "tpu":
         try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME") or "local")  # "local": the TPU VM itself
+            # "local" = the TPU attached to this TPU VM (an empty name would query GCE metadata instead)
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME") or "local")
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, tf.errors.OpError) as err:
