@@ -7,7 +7,7 @@ Writes a synthetic test split (MovieLens-like session lengths) to TFRecord shard
 `sbrjob.export.write_split`, then times `sbrjob.evaluate.evaluate_model` end to end (shard reading,
 GRU steps, scoring all items, ranks, top-K for coverage/popularity, host accumulation) with a
 randomly initialised GRU4Rec. The first pass (tracing) is reported separately. Also times the
-metric update alone on random scores, to show where the time goes.
+metric update alone on random scores and the full-ranking matmul alone, to show where the time goes.
 """
 
 from __future__ import annotations
@@ -98,6 +98,17 @@ def main() -> None:
     out["events"].numpy()
     dt = time.perf_counter() - t
     print(f"metric update alone: {reps * args.lanes / dt:,.0f} events/s")
+
+    # the full-ranking matmul alone: a lower bound on the cost per event of any full ranking
+    rows = 566  # evaluate.py's slice size at 3700 items
+    h = tf.constant(rng.normal(size=(rows, args.hidden)).astype(np.float32))
+    score = tf.function(lambda h: tf.reduce_sum(model.item_scores(h)))
+    score(h)
+    t = time.perf_counter()
+    for _ in range(reps):
+        score(h).numpy()
+    print(f"scoring matmul alone ([{rows}, {args.hidden}] x [{args.hidden}, {args.items}]): "
+          f"{reps * rows / (time.perf_counter() - t):,.0f} events/s")
 
 
 if __name__ == "__main__":
