@@ -6,10 +6,14 @@ Heavy modules (TensorFlow, pandas) are imported inside the commands so `--help` 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Optional
 
 import typer
+
+# TensorFlow's C++ start-up chatter (CPU feature notes) is noise in a CLI; real errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from sbrjob import __version__
 from sbrjob.errors import SbrjobError
