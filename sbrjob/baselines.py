@@ -317,12 +317,11 @@ def _trained_test_metrics(cfg: JobConfig) -> dict | None:
 def run_baselines(cfg: JobConfig) -> dict:
     """Fit and evaluate each baseline of `cfg.eval.baselines` on the test split; write
     `baselines.json` and `comparison.md` (with the trained GRU4Rec's test metrics when present)."""
-    from sbrjob.prepare import ensure_prepared, load_items, load_split
+    from sbrjob.prepare import ensure_prepared, item_support, load_split
 
     data_dir = ensure_prepared(cfg)
-    items = load_items(data_dir).sort_values("index")
-    n_items = len(items)
-    support = items["support"].to_numpy(np.float64)
+    support = item_support(data_dir)
+    n_items = len(support)
     train = Sessions.from_frame(load_split(data_dir, "train"))
     test = Sessions.from_frame(load_split(data_dir, "test"))
     results = {}

@@ -81,13 +81,12 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> R
 
 def item_support(cfg: JobConfig) -> Optional[np.ndarray]:
     """Train support per item index from the prepared vocabulary, or None when it is not there."""
-    try:
-        from sbrjob.prepare import load_items
+    from sbrjob.prepare import item_support as prepared_support
 
-        items = load_items(cfg.data_dir)
-    except (ImportError, FileNotFoundError, SbrjobError):
+    try:
+        return prepared_support(cfg.data_dir)
+    except (FileNotFoundError, SbrjobError):
         return None
-    return items.sort_values("index")["support"].to_numpy(np.float64)
 
 
 def n_items_of(model) -> int:

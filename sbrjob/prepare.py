@@ -475,3 +475,8 @@ def load_split(data_dir: str, split: str) -> pd.DataFrame:
 def load_items(data_dir: str) -> pd.DataFrame:
     """The vocabulary: index (int32), item_id (str), title, genres (str or None), support (int64)."""
     return _read_parquet(data_dir, "items.parquet")
+
+
+def item_support(data_dir: str) -> np.ndarray:
+    """Train events per item, in vocabulary index order (float64): sampler, logQ, popularity."""
+    return load_items(data_dir).sort_values("index")["support"].to_numpy(np.float64)

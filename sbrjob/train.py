@@ -224,10 +224,9 @@ def _device() -> dict:
 
 def _item_support(cfg: JobConfig, n_items: int) -> np.ndarray:
     """Train events per item (the vocabulary's `support`), for the negative sampler and logQ."""
-    from sbrjob.prepare import load_items
+    from sbrjob.prepare import item_support
 
-    items = load_items(cfg.data_dir)
-    support = items.sort_values("index")["support"].to_numpy(np.float64)
+    support = item_support(cfg.data_dir)
     if len(support) != n_items:
         raise SbrjobError(f"{cfg.data_dir}: items.parquet has {len(support)} items, the shards {n_items}; "
                           "run `sbrjob train --reexport`")
