@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,6 +18,16 @@ def shared_path(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"real data not available: {p} (see ../shared/data/README.md)")
     return p
+
+
+def chain_sessions(n_sessions, n_items, seed):
+    """Sessions walking a fixed ring i -> i+1: the next item is fully determined by the current one."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 9, n_sessions)
+    session = np.repeat(np.arange(n_sessions), lengths)
+    start = np.repeat(rng.integers(0, n_items, n_sessions), lengths)
+    pos = np.arange(len(session)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return session, ((start + pos) % n_items).astype(np.int32)
 
 
 def _two_logical_cpus() -> None:

@@ -12,17 +12,9 @@ from sbrjob.distribute import make_strategy
 from sbrjob.evaluate import evaluate_model
 from sbrjob.shards import distribute_blocks
 
+from conftest import chain_sessions
+
 N_ITEMS = 30
-
-
-def chain_sessions(n_sessions, n_items, seed):
-    """Sessions walking a fixed ring i -> i+1: the next item is fully determined by the current one."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, 9, n_sessions)
-    session = np.repeat(np.arange(n_sessions), lengths)
-    start = np.repeat(rng.integers(0, n_items, n_sessions), lengths)
-    pos = np.arange(len(session)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return session, ((start + pos) % n_items).astype(np.int32)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from sbrjob import export, train
 from sbrjob.config import config_from_dict
 from sbrjob.evaluate import evaluate_model
 
+from conftest import chain_sessions
+
 N_ITEMS = 30
 WORKER = r"""
 import sys
@@ -41,19 +43,10 @@ def free_ports(n):
     return ports
 
 
-def ring(n_sessions, seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, 9, n_sessions)
-    session = np.repeat(np.arange(n_sessions), lengths)
-    start = np.repeat(rng.integers(0, N_ITEMS, n_sessions), lengths)
-    pos = np.arange(len(session)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return session, ((start + pos) % N_ITEMS).astype(np.int32)
-
-
 def test_two_worker_processes_train_one_consistent_model(tmp_path):
     extra = {"n_items": N_ITEMS}
-    export.write_split(*ring(200, 0), tmp_path / "train", split="train", lanes=8, n_shards=2, block_steps=8, extra=extra)
-    export.write_split(*ring(40, 1), tmp_path / "valid", split="valid", lanes=8, n_shards=1, block_steps=8, extra=extra)
+    export.write_split(*chain_sessions(200, N_ITEMS, 0), tmp_path / "train", split="train", lanes=8, n_shards=2, block_steps=8, extra=extra)
+    export.write_split(*chain_sessions(40, N_ITEMS, 1), tmp_path / "valid", split="valid", lanes=8, n_shards=1, block_steps=8, extra=extra)
     raw = {"seed": 3, "model": {"layers": [16], "dropout_hidden": 0.2},
            "train": {"n_sample": 8, "epochs": 2, "momentum": 0.2, "checkpoint_every_steps": 40}}
     workers = [f"127.0.0.1:{p}" for p in free_ports(2)]

@@ -156,12 +156,7 @@ def test_resume_counts_finished_trials_and_reruns_the_interrupted_one(tmp_path):
 @pytest.mark.parametrize("fake_cls", [FakeTrain, HookedTrain])
 def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path, fake_cls):
     cfg = tiny(tmp_path, "train.epochs=4")
-    space = write_space(tmp_path, "train.lr: {low: 0.01, high: 0.5}\n" + "".join(
-        f"{k}: null\n" for k in T.DEFAULT_SPACE if k != "train.lr"))
-    study = optuna.create_study(study_name=cfg.name, direction="maximize",
-                                storage=f"sqlite:///{_mk(tmp_path / 'run/tune')}/study.db")
-    for lr in (0.3, 0.25, 0.2, 0.011):
-        study.enqueue_trial({"train.lr": lr})
+    space = lr_only_study(tmp_path, cfg, (0.3, 0.25, 0.2, 0.011))
     fake = fake_cls(lr_score)
     out = T.tune(cfg, trials=4, space=space, train_fn=fake, echo=lambda s: None)
     epochs_run = [len(json.loads((Path(c.output_dir) / "metrics.json").read_text())["epochs"]) for c in fake.trials]
@@ -186,14 +181,20 @@ def test_study_with_output_dir_on_gs_resumes_from_the_bucket(gcs, tmp_path):
 
 def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
     cfg = tiny(tmp_path, "train.epochs=1")  # pruning could save nothing: the trial has finished
+    space = lr_only_study(tmp_path, cfg, (0.3, 0.25, 0.2, 0.011))
+    out = T.tune(cfg, trials=4, space=space, train_fn=FakeTrain(lr_score), echo=lambda s: None)
+    assert [r["state"] for r in out["leaderboard"]] == ["complete"] * 4
+
+
+def lr_only_study(tmp_path: Path, cfg, lrs) -> str:
+    """A space that searches only train.lr, and a study whose next trials are the given lrs."""
     space = write_space(tmp_path, "train.lr: {low: 0.01, high: 0.5}\n" + "".join(
         f"{k}: null\n" for k in T.DEFAULT_SPACE if k != "train.lr"))
     study = optuna.create_study(study_name=cfg.name, direction="maximize",
                                 storage=f"sqlite:///{_mk(tmp_path / 'run/tune')}/study.db")
-    for lr in (0.3, 0.25, 0.2, 0.011):
+    for lr in lrs:
         study.enqueue_trial({"train.lr": lr})
-    out = T.tune(cfg, trials=4, space=space, train_fn=FakeTrain(lr_score), echo=lambda s: None)
-    assert [r["state"] for r in out["leaderboard"]] == ["complete"] * 4
+    return space
 
 
 def _mk(p: Path) -> Path:
