@@ -763,7 +763,7 @@ def vertex_tuning_job(config: str, trials: int, *, space: Optional[str] = None,
     cfg = load_config(config, overrides)
     params, pinned = resolve_space(cfg, space)
     cloud.check_cloud_ready(cfg, replicas, 1)
-    ref, upload = cloud._config_ref(config, cfg)
+    ref, upload = cloud.config_ref(config, cfg)
     pinned_sets = [f"{k}={json.dumps(_to_config_value(k, v))}" for k, v in pinned.items()]
     command, args = trial_command(ref, overrides + pinned_sets)
     service_account = machine.pop("service_account", None)
