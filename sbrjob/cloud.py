@@ -156,7 +156,6 @@ def config_ref(config: str, cfg: JobConfig) -> tuple[str, Optional[str]]:
     return join(cfg.output_dir, "submit", Path(config).name), config
 
 
-
 def build_custom_job(config: str, *, image: str, overrides: Optional[list[str]] = None, accelerator: str = "gpu",
                      replicas: int = 1, workers: int = 1, accelerator_type: Optional[str] = None,
                      machine_type: Optional[str] = None, service_account: Optional[str] = None,
