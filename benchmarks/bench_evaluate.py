@@ -6,8 +6,8 @@
 Writes a synthetic test split (MovieLens-like session lengths) to TFRecord shards with
 `sbrjob.export.write_split`, then times `sbrjob.evaluate.evaluate_model` end to end (shard reading,
 GRU steps, scoring all items, ranks, top-K for coverage/popularity, host accumulation) with a
-randomly initialised GRU4Rec. The first pass (tracing) is reported separately. Also times the
-metric update alone on random scores and the full-ranking matmul alone, to show where the time goes.
+randomly initialised GRU4Rec. The first pass (tracing and XLA compilation) is reported separately.
+Also times the two halves of scoring one slice alone (ranks; top-K lists), to show where time goes.
 """
 
 from __future__ import annotations
@@ -83,32 +83,29 @@ def main() -> None:
               f"({first['events'] / min(cpu):,.0f} events per CPU-second; load average now "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
 
-    # the metric update alone (no model): where the non-matmul time goes
-    rng = np.random.default_rng(1)
-    scores = tf.constant(rng.normal(size=(args.lanes, args.items)).astype(np.float32))
-    targets = tf.constant(rng.integers(0, args.items, size=args.lanes).astype(np.int32))
-    m = RankingMetrics(args.items, cfg.eval.cutoffs, args.ties, item_support=support,
-                       beyond_accuracy=cfg.eval.beyond_accuracy)
-    update = tf.function(lambda s, t: m.update(m.initial(), s, t))
-    update(scores, targets)
-    reps = 200
-    t = time.perf_counter()
-    for _ in range(reps):
-        out = update(scores, targets)
-    out["events"].numpy()
-    dt = time.perf_counter() - t
-    print(f"metric update alone: {reps * args.lanes / dt:,.0f} events/s")
+    # the two halves of scoring a slice, alone: where the time goes
+    from sbrjob.evaluate import SCORE_CELLS
 
-    # the full-ranking matmul alone: a lower bound on the cost per event of any full ranking
-    rows = 566  # evaluate.py's slice size at 3700 items
+    rows = SCORE_CELLS // args.items  # evaluate.py's slice size
+    rng = np.random.default_rng(1)
     h = tf.constant(rng.normal(size=(rows, args.hidden)).astype(np.float32))
-    score = tf.function(lambda h: tf.reduce_sum(model.item_scores(h)))
-    score(h)
-    t = time.perf_counter()
-    for _ in range(reps):
-        score(h).numpy()
-    print(f"scoring matmul alone ([{rows}, {args.hidden}] x [{args.hidden}, {args.items}]): "
-          f"{reps * rows / (time.perf_counter() - t):,.0f} events/s")
+    targets = tf.constant(rng.integers(0, args.items, size=rows).astype(np.int32))
+    ones = tf.ones([rows])
+    m = RankingMetrics(args.items, cfg.eval.cutoffs, args.ties, item_support=support)
+    rank = tf.function(lambda h: m.update_ranks(m.initial(), model.item_scores(h), targets, ones),
+                       jit_compile=True)
+    scores = model.item_scores(h)
+    lists = tf.function(lambda s: m.update_lists(m.initial(), s, ones))
+    for name, fn, arg in (("scores + ranks + Recall/MRR/NDCG (XLA)", rank, h),
+                          ("top-20 lists + coverage/popularity", lists, scores)):
+        fn(arg)
+        reps = 30
+        t = time.perf_counter()
+        for _ in range(reps):
+            out = fn(arg)
+        out["events"].numpy()
+        print(f"{name}, [{rows}, {args.hidden}] x [{args.hidden}, {args.items}] slices alone: "
+              f"{reps * rows / (time.perf_counter() - t):,.0f} events/s")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ every real event, ranks its target and returns the block's metric totals; the ho
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import PurePosixPath
 from typing import Iterable, Optional
 
@@ -23,44 +24,87 @@ from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
 
 
-SCORE_CELLS = 1 << 21  # rows scored at once x n_items: 8 MB of float32 scores (cache-friendly)
+SCORE_CELLS = 1 << 22  # rows scored at once x n_items: 16 MB of float32 scores
 
 
 def _block_runner(model, metrics: RankingMetrics):
-    """One compiled function: (block, state) -> (metric totals of the block, state after it).
+    """Compiled functions that turn blocks into metric totals: `run_block(block, state, pending,
+    table)` and `flush(pending)`.
 
-    Each step advances only the lanes holding a real event (padding fills the tails of lanes, and
-    a lane's next real step after padding would start a session and zero its state anyway), so the
-    cost follows the events, not lanes x steps. The scoring does not feed back into the recurrence:
-    the hidden states of the block's events are collected and scored together, in slices of
-    `SCORE_CELLS / n_items` rows: few large matmuls and metric updates instead of one per step.
+    The recurrence and the ranking are two XLA programs with static shapes. `advance` steps all
+    lanes of a block (a lane's state is zeroed where `reset` is set and left as it is on padding)
+    and returns every lane-step's hidden state; the real events among them are queued in `pending`
+    (hidden, target, weight). `rank` scores a fixed-size slice of queued events against ALL items
+    and adds its accuracy totals; the top-K lists of coverage/popularity are taken outside XLA,
+    where TF's TopK kernel is faster. Scoring does not feed back into the recurrence, so a call
+    scores the full slices queued by earlier blocks while this block's recurrence runs: TF runs
+    the two at once, and slices stay full whatever the padding of a block.
     """
-    rows_per_slice = max(1, SCORE_CELLS // metrics.n_items)
+    rows = max(1, SCORE_CELLS // metrics.n_items)
+
+    @tf.function(jit_compile=True)
+    def advance(inputs, reset, weight, state, table):
+        steps = tf.shape(inputs)[1]
+        hidden = tf.TensorArray(tf.float32, size=steps)
+        step_kw = {} if table is None else {"input_table": table}
+        for t in tf.range(steps):
+            keep = 1.0 - reset[:, t][:, None]  # a session starts: zero its state
+            h, new = model.step(inputs[:, t], [s * keep for s in state], training=False, **step_kw)
+            real = weight[:, t][:, None] > 0
+            state = [tf.where(real, n, s) for s, n in zip(state, new)]
+            hidden = hidden.write(t, tf.cast(h, tf.float32))
+        return hidden.stack(), state  # [T, lanes, H]
+
+    @tf.function(jit_compile=True)
+    def rank(acc, h, target, weight):
+        scores = model.item_scores(h)
+        return metrics.update_ranks(acc, scores, target, weight), scores
+
+    def score_full_slices(h, target, weight):
+        acc = metrics.initial()
+        for lo in tf.range(0, tf.shape(target)[0] // rows * rows, rows):
+            w = weight[lo:lo + rows]
+            acc, scores = rank(acc, h[lo:lo + rows], target[lo:lo + rows], w)
+            acc = metrics.update_lists(acc, scores, w)
+        return acc
 
     @tf.function(reduce_retracing=True)
-    def run_block(block, state):
-        steps = tf.shape(block["input"])[1]
-        collect = lambda dtype, shape: tf.TensorArray(dtype, size=steps, infer_shape=False, element_shape=shape)
-        hidden = collect(tf.float32, tf.TensorShape([None, state[-1].shape[-1]]))
-        targets, weights = collect(tf.int32, tf.TensorShape([None])), collect(tf.float32, tf.TensorShape([None]))
-        for t in tf.range(steps):
-            real = tf.where(block["weight"][:, t] > 0)[:, 0]
-            keep = 1.0 - tf.gather(block["reset"][:, t], real)[:, None]  # a session starts: zero its state
-            lanes = [tf.gather(s, real) * keep for s in state]
-            h, lanes = model.step(tf.gather(block["input"][:, t], real), lanes, training=False)
-            state = [tf.tensor_scatter_nd_update(s, real[:, None], n) for s, n in zip(state, lanes)]
-            hidden = hidden.write(t, tf.cast(h, tf.float32))
-            targets = targets.write(t, tf.gather(block["target"][:, t], real))
-            weights = weights.write(t, tf.gather(block["weight"][:, t], real))
-        h, target, weight = hidden.concat(), targets.concat(), weights.concat()
-        acc = metrics.initial()
-        n_real = tf.shape(target)[0]
-        for lo in tf.range(0, n_real, rows_per_slice):
-            hi = tf.minimum(lo + rows_per_slice, n_real)
-            acc = metrics.update(acc, model.item_scores(h[lo:hi]), target[lo:hi], weight[lo:hi])
-        return acc, state
+    def run_block(block, state, pending, table):
+        h, target, weight = pending
+        acc = score_full_slices(h, target, weight)
+        hidden, state = advance(block["input"], block["reset"], block["weight"], state, table)
+        step_major = lambda x: tf.reshape(tf.transpose(x), [-1])  # noqa: E731 (hidden is [T, lanes])
+        w = step_major(block["weight"])
+        real = tf.where(w > 0)[:, 0]
+        done = tf.shape(target)[0] // rows * rows
+        pending = (tf.concat([h[done:], tf.gather(tf.reshape(hidden, [-1, hidden.shape[-1]]), real)], 0),
+                   tf.concat([target[done:], tf.gather(step_major(block["target"]), real)], 0),
+                   tf.concat([weight[done:], tf.gather(w, real)], 0))
+        return acc, state, pending
 
-    return run_block
+    @tf.function(reduce_retracing=True)
+    def flush(pending):
+        pad = -tf.shape(pending[1])[0] % rows  # padded rows have weight 0: not counted
+        return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending))
+
+    return run_block, flush
+
+
+_RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cached_runner(model, metrics: RankingMetrics):
+    """One compiled runner per (model, metric settings): evaluating every epoch compiles once."""
+    popularity = None if metrics.popularity is None else metrics.popularity.numpy().tobytes()
+    key = (metrics.n_items, tuple(metrics.cutoffs), metrics.ties, metrics.beyond_accuracy, popularity,
+           SCORE_CELLS)
+    try:
+        per_model = _RUNNERS.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: no caching
+        return _block_runner(model, metrics)
+    if key not in per_model:
+        per_model[key] = _block_runner(model, metrics)
+    return per_model[key]
 
 
 def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> RankingMetrics:
@@ -69,13 +113,18 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> R
     Blocks are dicts of `[lanes, T]` tensors (`input`, `target` int32; `reset`, `weight` float32),
     consecutive in time for the same lanes; the state starts at zero and is carried across blocks.
     """
-    run_block = _block_runner(model, metrics)
-    state = None
+    run_block, flush = _cached_runner(model, metrics)
+    table = model.input_table() if hasattr(model, "input_table") else None  # today's weights
+    state = pending = None
     for block in blocks:
         if state is None:
             state = model.initial_state(int(block["input"].shape[0]))
-        acc, state = run_block(block, state)
+            width = int(state[-1].shape[-1])
+            pending = (tf.zeros([0, width]), tf.zeros([0], tf.int32), tf.zeros([0]))
+        acc, state, pending = run_block(block, state, pending, table)
         metrics.merge(acc)
+    if pending is not None:
+        metrics.merge(flush(pending))
     return metrics
 
 

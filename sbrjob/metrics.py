@@ -117,33 +117,32 @@ class RankingMetrics:
         """Add a batch of predictions: scores [b, n_items], targets [b] int, weights [b] (0 = padding)."""
         scores = tf.cast(scores, tf.float32)
         w = tf.ones_like(scores[:, 0]) if weights is None else tf.cast(weights, tf.float32)
-        ranks = target_ranks(scores, targets, self.ties)
-        out = {"events": acc["events"] + tf.reduce_sum(w)}
-        sums = {name: [] for name in self.ACCURACY + ("popularity",)}
-        covered = []
-        top = top_k_indices(scores, self.top) if self.beyond_accuracy else None  # [b, top]
-        for k in self.cutoffs:
-            per_event = rank_metrics(ranks, k)
-            for name in self.ACCURACY:
-                sums[name].append(tf.reduce_sum(per_event[name] * w))
-            if top is None:
-                sums["popularity"].append(tf.zeros([], tf.float32))
-                covered.append(tf.zeros([self.n_items], tf.float32))
-                continue
-            shown = top[:, :min(k, self.top)]
-            counts = tf.math.unsorted_segment_sum(
-                tf.reshape(tf.broadcast_to(w[:, None], tf.shape(shown)), [-1]),
-                tf.reshape(shown, [-1]), self.n_items)
-            covered.append(counts)
-            if self.popularity is not None:
-                sums["popularity"].append(tf.reduce_sum(
-                    tf.reduce_mean(tf.gather(self.popularity, shown), axis=1) * w))
-            else:
-                sums["popularity"].append(tf.zeros([], tf.float32))
-        for name, values in sums.items():
-            out[name] = acc[name] + tf.stack(values)
-        out["covered"] = acc["covered"] + tf.stack(covered)
+        return self.update_lists(self.update_ranks(acc, scores, targets, w), scores, w)
+
+    def update_ranks(self, acc, scores, targets, weights) -> dict[str, tf.Tensor]:
+        """The accuracy part of `update` (events, recall, mrr, ndcg): the target's rank only."""
+        ranks = target_ranks(tf.cast(scores, tf.float32), targets, self.ties)
+        out = dict(acc, events=acc["events"] + tf.reduce_sum(weights))
+        for name in self.ACCURACY:
+            out[name] = acc[name] + tf.stack([tf.reduce_sum(rank_metrics(ranks, k)[name] * weights)
+                                              for k in self.cutoffs])
         return out
+
+    def update_lists(self, acc, scores, weights) -> dict[str, tf.Tensor]:
+        """The beyond-accuracy part of `update` (coverage, popularity): needs each row's top-K list."""
+        if not self.beyond_accuracy:
+            return dict(acc)
+        top = top_k_indices(tf.cast(scores, tf.float32), self.top)  # [b, top]
+        popularity, covered = [], []
+        for k in self.cutoffs:
+            shown = top[:, :min(k, self.top)]
+            covered.append(tf.math.unsorted_segment_sum(
+                tf.reshape(tf.broadcast_to(weights[:, None], tf.shape(shown)), [-1]),
+                tf.reshape(shown, [-1]), self.n_items))
+            popularity.append(tf.zeros([]) if self.popularity is None else tf.reduce_sum(
+                tf.reduce_mean(tf.gather(self.popularity, shown), axis=1) * weights))
+        return dict(acc, popularity=acc["popularity"] + tf.stack(popularity),
+                    covered=acc["covered"] + tf.stack(covered))
 
     # -- host side: exact streaming totals ----------------------------------------------------
     def reset(self) -> None:

@@ -118,14 +118,26 @@ class GRU4Rec(tf.Module):
         u = hash_uniform(tf.shape(x), seed, salt, row_offset=offset)
         return tf.where(u >= rate, x / (1.0 - rate), tf.zeros_like(x))
 
-    def step(self, items, state, training: bool = False, dropout_seed=None, lanes=None):
+    def input_table(self) -> tf.Tensor:
+        """The first layer's input projection of every item, [n_items, 3H]: for inference, where no
+        dropout sits between the lookup and the projection, `step(..., input_table=)` then gathers
+        one row per event instead of multiplying it by Wx at every step."""
+        if self.input_mode == "onehot":
+            return self.layers[0].Wx
+        table = self.Wy if self.input_mode == "shared" else self.E
+        return tf.matmul(table, self.layers[0].Wx)
+
+    def step(self, items, state, training: bool = False, dropout_seed=None, lanes=None, input_table=None):
         """Advance every lane by one event: items [b] int32, state list of [b, H_l] -> (h [b, H_last], new_state).
 
         `dropout_seed` ([2] ints) makes dropout stateless; `lanes=(offset, total)` places these b lanes
-        in the global batch so masks match a single-replica run.
+        in the global batch so masks match a single-replica run; `input_table` (from `input_table()`,
+        inference only) replaces the first layer's input lookup and projection.
         """
         m = self.cfg
-        if self.input_mode == "onehot":
+        if input_table is not None and not training:
+            x_proj, x = tf.gather(input_table, items), None
+        elif self.input_mode == "onehot":
             x_proj = self._drop_rows(tf.gather(self.layers[0].Wx, items), m.dropout_embedding, training,
                                      dropout_seed, lanes)
             x = None

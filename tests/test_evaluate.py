@@ -96,8 +96,11 @@ def _reference(model, session, item, cutoffs, ties):
     return m.result()
 
 
-@pytest.mark.parametrize("rows_per_slice", [None, 5])
-def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path, monkeypatch, rows_per_slice):
+@pytest.mark.parametrize("rows_per_slice, model_cfg", [
+    (None, {}), (5, {}),  # default slices, and many small ones (rows queued across blocks)
+    (None, {"input": "onehot"}), (None, {"input": "embedding", "embedding_dim": 5, "layers": [8, 6]}),
+])
+def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path, monkeypatch, rows_per_slice, model_cfg):
     import sbrjob.evaluate
     from sbrjob.export import write_split
     from sbrjob.model import GRU4Rec
@@ -105,7 +108,7 @@ def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path, monkeypatch
     if rows_per_slice:  # score a block's events in many small slices
         monkeypatch.setattr(sbrjob.evaluate, "SCORE_CELLS", 15 * rows_per_slice)
 
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, **model_cfg)
     rng = np.random.default_rng(3)
     n_items = 15
     session, item, lengths = _sessions(rng, 23, n_items)
