@@ -1,14 +1,18 @@
 """Training speed: sbrjob's in-graph block loop vs the tutorial's per-step `train_on_batch`, and sweeps.
 
-    .venv/bin/python benchmarks/bench_train.py                  # side by side + sweeps
-    .venv/bin/python benchmarks/bench_train.py --quick          # fewer sweep points
-    .venv/bin/python benchmarks/bench_train.py --no-sweeps --n-items 3700 --batch 64 --hidden 100
+    .venv/bin/python benchmarks/bench_train.py                      # side by side at batch 32, 64, 512 + sweeps
+    .venv/bin/python benchmarks/bench_train.py --batches 64 --no-sweeps --n-items 37000
 
-Both sides train on the same synthetic session-parallel layout (ML-1M-sized catalogue by default).
-"Same setting" = same batch, hidden size and loss: full softmax cross-entropy, one-hot input, Adam
-(the tutorial's choices; sbrjob `model.input: onehot`, `train.loss: softmax`, `train.optimizer: adam`).
-sbrjob's recommended setting (shared embedding, sampled cross-entropy + logQ, Adagrad) is also timed.
-Events/s counts real (input, target) pairs trained per second of training, after a warm-up.
+Both sides train on the same synthetic session-parallel layout (ML-1M-sized catalogue by default),
+in one run, at the same batch and hidden size, timed after a warm-up. sbrjob is timed in three
+settings, all cross-entropy:
+- "same": the tutorial's exact choices: one-hot input, softmax over ALL items, Adam
+  (`model.input: onehot`, `train.loss: softmax`, `train.optimizer: adam`);
+- "xe": GRU4Rec's cross-entropy over the batch's targets plus `--n-sample` extra items (logQ),
+  shared embedding, row-sparse Adagrad (default n_sample: 512 under 10k items, as configs/movielens.yaml,
+  else 2048);
+- "xe, in-batch": the same with `n_sample: 0` (softmax over the batch's targets only).
+Events/s counts real (input, target) pairs trained per second.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def synthetic(n_items: int, n_sessions: int, seed: int = 0):
     return np.repeat(np.arange(n_sessions), lengths), items
 
 
-def ours(session, items, n_items, batch, hidden, setting: str, strategy, workdir: Path, budget_s: float):
+def ours(session, items, n_items, batch, hidden, setting: str, strategy, workdir: Path, budget_s: float,
+         n_sample: int = 512):
     """sbrjob training events/s: one tf.function call per block of 32 steps."""
     split = workdir / f"train-b{batch}"
     if not (split / "manifest.json").exists():
@@ -56,7 +61,7 @@ def ours(session, items, n_items, batch, hidden, setting: str, strategy, workdir
         train_cfg = {"loss": "softmax", "optimizer": "adam", "lr": 0.001}
     else:
         model = {"input": "shared", "layers": [hidden]}
-        train_cfg = {"loss": "xe", "n_sample": min(2048, n_items // 2), "optimizer": "adagrad", "lr": 0.1}
+        train_cfg = {"loss": "xe", "n_sample": n_sample, "optimizer": "adagrad", "lr": 0.1}
     cfg = config_from_dict({"model": model, "train": train_cfg})
     from sbrjob.train import Trainer
 
@@ -91,56 +96,53 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-items", type=int, default=3700)
     ap.add_argument("--sessions", type=int, default=20000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batches", default="32,64,512", help="batch sizes of the side-by-side comparison")
     ap.add_argument("--hidden", type=int, default=100)
-    ap.add_argument("--budget", type=float, default=15.0, help="seconds of timed training per measurement")
+    ap.add_argument("--n-sample", type=int, default=None, help="extra negatives of the xe setting")
+    ap.add_argument("--budget", type=float, default=10.0, help="seconds of timed training per measurement")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-sweeps", action="store_true")
     ap.add_argument("--no-tutorial", action="store_true")
     args = ap.parse_args()
+    n_sample = args.n_sample if args.n_sample is not None else (512 if args.n_items < 10_000 else 2048)
 
     strategy, kind = make_strategy("auto")
     session, items = synthetic(args.n_items, args.sessions)
     print(f"device: {device_name()}; strategy {kind} x{strategy.num_replicas_in_sync}; "
-          f"{len(items):,} events, {args.n_items:,} items; TF {tf.__version__}", flush=True)
-    results = {"device": device_name(), "strategy": kind, "events": int(len(items)), "n_items": args.n_items}
+          f"{len(items):,} events, {args.n_items:,} items; GRU {args.hidden}; TF {tf.__version__}", flush=True)
+    results = {"device": device_name(), "strategy": kind, "events": int(len(items)), "n_items": args.n_items,
+               "hidden": args.hidden, "n_sample": n_sample}
+    settings = {"same": ("tutorial", 0), "xe": ("recommended", n_sample), "xe, in-batch": ("recommended", 0)}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        head = {}
-        if not args.no_tutorial:
-            from tutorial_reference import events_per_second
+        side = {}
+        for batch in [int(b) for b in args.batches.split(",")]:
+            row = {}
+            if not args.no_tutorial:
+                from tutorial_reference import events_per_second
 
-            layout = batching.layout(session, items, args.batch, BLOCK_STEPS)
-            tut, steps = events_per_second(layout, args.n_items, args.hidden, budget_s=args.budget)
-            head["tutorial (train_on_batch, one-hot, Keras GRU, Dense softmax, Adam)"] = tut
-            print(f"tutorial reference   batch {args.batch} hidden {args.hidden}: {tut:10,.0f} events/s "
-                  f"({steps} steps)", flush=True)
-        same, steps = ours(session, items, args.n_items, args.batch, args.hidden, "tutorial", strategy, work,
-                           args.budget)
-        head["sbrjob, same setting (onehot, full softmax, Adam)"] = same
-        print(f"sbrjob same setting  batch {args.batch} hidden {args.hidden}: {same:10,.0f} events/s "
-              f"({steps} steps)", flush=True)
-        rec, steps = ours(session, items, args.n_items, args.batch, args.hidden, "recommended", strategy, work,
-                          args.budget)
-        head["sbrjob, recommended (shared, sampled XE + logQ, Adagrad)"] = rec
-        print(f"sbrjob recommended   batch {args.batch} hidden {args.hidden}: {rec:10,.0f} events/s "
-              f"({steps} steps)", flush=True)
-        if not args.no_tutorial:
-            print(f"speed-up, same setting: {same / tut:.1f}x; recommended: {rec / tut:.1f}x", flush=True)
-        results["side_by_side"] = {"batch": args.batch, "hidden": args.hidden, "events_per_s": head}
+                layout = batching.layout(session, items, batch, BLOCK_STEPS)
+                row["tutorial"], _ = events_per_second(layout, args.n_items, args.hidden, budget_s=args.budget)
+            for name, (setting, ns) in settings.items():
+                row[name], _ = ours(session, items, args.n_items, batch, args.hidden, setting, strategy, work,
+                                    args.budget, n_sample=ns)
+            side[f"batch={batch}"] = row
+            ratio = lambda v: f" ({v / row['tutorial']:.1f}x)" if "tutorial" in row else ""  # noqa: E731
+            print(f"batch {batch:4d}: " + ", ".join(f"{k} {v:,.0f}{'' if k == 'tutorial' else ratio(v)}"
+                                                     for k, v in row.items()) + " events/s", flush=True)
+        results["side_by_side_events_per_s"] = side
         if not args.no_sweeps:
             batches = [32, 128, 512] if args.quick else [32, 64, 128, 256, 512]
             hiddens = [100, 500] if args.quick else [100, 200, 300, 500]
             sweep = {}
-            for setting in ("recommended", "tutorial"):
-                for b in batches:
-                    v, _ = ours(session, items, args.n_items, b, args.hidden, setting, strategy, work, args.budget / 3)
-                    sweep[f"{setting} batch={b} hidden={args.hidden}"] = v
-                    print(f"sbrjob {setting:11s} batch {b:4d} hidden {args.hidden:4d}: {v:10,.0f} events/s", flush=True)
-                for h in hiddens:
-                    v, _ = ours(session, items, args.n_items, args.batch, h, setting, strategy, work, args.budget / 3)
-                    sweep[f"{setting} batch={args.batch} hidden={h}"] = v
-                    print(f"sbrjob {setting:11s} batch {args.batch:4d} hidden {h:4d}: {v:10,.0f} events/s", flush=True)
+            for name in ("xe", "same"):
+                setting, ns = settings[name]
+                points = [(b, args.hidden) for b in batches] + [(64, h) for h in hiddens if h != args.hidden]
+                for b, h in points:
+                    v, _ = ours(session, items, args.n_items, b, h, setting, strategy, work, args.budget / 3,
+                                n_sample=ns)
+                    sweep[f"{name} batch={b} hidden={h}"] = v
+                    print(f"sbrjob {name:5s} batch {b:4d} hidden {h:4d}: {v:10,.0f} events/s", flush=True)
             results["sweep_events_per_s"] = sweep
     print(json.dumps(results, indent=2))
 

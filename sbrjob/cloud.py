@@ -18,6 +18,7 @@ from typing import Any, Optional
 from sbrjob import storage
 from sbrjob.config import JobConfig, join, load_config
 from sbrjob.errors import SbrjobError
+from sbrjob.shards import check_layout
 
 API = "https://{region}-aiplatform.googleapis.com/v1"
 CONSOLE = "https://console.cloud.google.com/vertex-ai/locations/{region}/training/{id}?project={project}"
@@ -127,7 +128,7 @@ def tuning_job_spec(trial_job_spec: dict, *, display_name: str, study_spec: dict
 
 def check_cloud_ready(cfg: JobConfig, replicas_total: int, workers: int) -> None:
     """Refuse, before paying for machines, a job whose files the cloud cannot reach or whose
-    session-parallel layout the replicas cannot share (see shards.check_replicas)."""
+    session-parallel layout the replicas cannot share (shards.check_layout)."""
     if not storage.is_remote(cfg.output_dir):
         raise SbrjobError(f"output_dir {cfg.output_dir!r} is local: a cloud job must write to gs://, "
                           f"e.g. --set output_dir=gs://BUCKET/runs/{cfg.name}")
@@ -137,13 +138,8 @@ def check_cloud_ready(cfg: JobConfig, replicas_total: int, workers: int) -> None
             if value and not storage.is_remote(value):
                 raise SbrjobError(f"data.{key} {value!r} is local: upload it (gcloud storage cp) and "
                                   f"--set data.{key}=gs://BUCKET/...")
-    e = cfg.export  # only the train split is distributed (shards.distribute_blocks)
-    if e.batch_size % replicas_total:
-        raise SbrjobError(f"export.batch_size {e.batch_size}: the job's {replicas_total} replicas need a multiple "
-                          f"of {replicas_total} lanes; --set export.batch_size=N")
-    if e.shards % workers:
-        raise SbrjobError(f"export.shards {e.shards}: {workers} workers each read whole shards; "
-                          f"--set export.shards=<a multiple of {workers}>")
+    # only the train split is distributed (shards.distribute_blocks)
+    check_layout(cfg.export.batch_size, cfg.export.shards, replicas_total, workers, then=" (--set)")
 
 
 def config_ref(config: str, cfg: JobConfig) -> tuple[str, Optional[str]]:

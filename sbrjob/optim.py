@@ -13,7 +13,7 @@ replica's copy with `extended.update`: the pattern stock optimizers use, so it w
 default strategy, MirroredStrategy, MultiWorkerMirroredStrategy and TPUStrategy alike.
 `active` (real lanes, summed over replicas) turns the whole update into a no-op on a step where
 every lane is padding, so padding never moves a weight (momentum would otherwise keep moving them);
-it is a select, not a tf.cond, to keep tracing cheap.
+it is a select, not a tf.cond, to keep tracing cheap (except around Adam's fused dense update).
 
 Row-sparse updates use dynamic shapes (fast on CPU/GPU); with `static_shapes` (set under XLA:
 jit_compile or TPU) an equivalent static-shaped variant is used instead.
@@ -173,14 +173,19 @@ class Adam(_Optimizer):
 
     @tf.autograph.experimental.do_not_convert
     def _update(self, var, grad, active, iterations, m, v):
-        active = active > 0
         if isinstance(grad, tf.IndexedSlices):  # Adam is dense: every row's moments decay each step
             grad = tf.math.unsorted_segment_sum(grad.values, grad.indices, tf.shape(var)[0])
         t = tf.cast(tf.maximum(iterations, 1), tf.float32)
-        m_new = m.assign(tf.where(active, self.beta1 * m + (1 - self.beta1) * grad, m))
-        v_new = v.assign(tf.where(active, self.beta2 * v + (1 - self.beta2) * tf.square(grad), v))
-        step = self.lr * tf.sqrt(1 - self.beta2 ** t) / (1 - self.beta1 ** t)
-        var.assign_sub(tf.where(active, step * m_new / (tf.sqrt(v_new) + self.epsilon), tf.zeros_like(var)))
+
+        def apply():  # TF's fused kernel: one pass over var, m and v (the catalogue-sized tables)
+            tf.raw_ops.ResourceApplyAdam(var=var.handle, m=m.handle, v=v.handle, beta1_power=self.beta1 ** t,
+                                         beta2_power=self.beta2 ** t, lr=tf.constant(self.lr, tf.float32),
+                                         beta1=tf.constant(self.beta1, tf.float32),
+                                         beta2=tf.constant(self.beta2, tf.float32),
+                                         epsilon=tf.constant(self.epsilon, tf.float32), grad=grad)
+            return tf.constant(True)
+
+        tf.cond(active > 0, apply, lambda: tf.constant(False))  # an all-padding step moves nothing
 
 
 def make_optimizer(train_cfg, variables) -> _Optimizer:

@@ -204,23 +204,27 @@ def block_dataset(split_dir: str, shard_ids: Iterable[int] | None = None, manife
     return _block_batches(split_dir, shard_ids, manifest).unbatch().prefetch(tf.data.AUTOTUNE)
 
 
-def _size_keys(manifest: dict) -> tuple[str, str]:
-    return ("export.batch_size", "export.shards") if manifest["split"] == "train" else \
-        ("export.eval_batch_size", "export.eval_shards")
+def check_layout(lanes: int, shards: int, replicas: int, workers: int = 1,
+                 keys: tuple[str, str] = ("export.batch_size", "export.shards"), then: str = "") -> None:
+    """Refuse `lanes` lanes in `shards` shards that `replicas` replicas on `workers` workers cannot
+    share lane for lane (each replica a fixed slice of lanes, each worker whole shards)."""
+    lanes_key, shards_key = keys
+    if lanes % replicas:
+        raise SbrjobError(f"{lanes_key} {lanes}: {replicas} replicas cannot get equal lanes; set {lanes_key} "
+                          f"to a multiple of {replicas}{then}")
+    if shards % workers:
+        raise SbrjobError(f"{shards_key} {shards}: {workers} workers cannot each read whole shards; set "
+                          f"{shards_key} to a multiple of {workers}{then}")
+    if replicas % workers:
+        raise SbrjobError(f"{replicas} replicas are not spread evenly over {workers} workers")
 
 
 def check_replicas(manifest: dict, replicas: int, pipelines: int = 1) -> None:
-    """Refuse a layout that `replicas` replicas on `pipelines` workers cannot share lane for lane."""
-    lanes_key, shards_key = _size_keys(manifest)
-    where = f"{manifest['split']} shards ({manifest['lanes']} lanes in {manifest['shards']} shards)"
-    if manifest["lanes"] % replicas:
-        raise SbrjobError(f"{where}: {replicas} replicas cannot get equal lanes; set {lanes_key} to a "
-                          f"multiple of {replicas} and re-run `sbrjob export`")
-    if manifest["shards"] % pipelines:
-        raise SbrjobError(f"{where}: {pipelines} workers cannot each read whole shards; set {shards_key} to a "
-                          f"multiple of {pipelines} and re-run `sbrjob export`")
-    if replicas % pipelines:
-        raise SbrjobError(f"{where}: {replicas} replicas are not spread evenly over {pipelines} workers")
+    """`check_layout` for exported shards."""
+    keys = ("export.batch_size", "export.shards") if manifest["split"] == "train" else \
+        ("export.eval_batch_size", "export.eval_shards")
+    check_layout(manifest["lanes"], manifest["shards"], replicas, pipelines, keys,
+                 then=f" and re-run `sbrjob export` ({manifest['split']} shards)")
 
 
 def pipeline_dataset(split_dir: str, input_context, manifest: dict | None = None):

@@ -41,6 +41,7 @@ from sbrjob.errors import SbrjobError
 from sbrjob.losses import NegativeSampler, step_lane_losses
 from sbrjob.model import GRU4Rec
 from sbrjob.optim import make_optimizer
+from sbrjob.shards import check_layout
 
 log = logging.getLogger("sbrjob.train")
 
@@ -55,8 +56,7 @@ class Trainer:
                  lanes: int, block_steps: int):
         self.cfg, self.strategy = cfg, strategy
         self.replicas = strategy.num_replicas_in_sync
-        if lanes % self.replicas:
-            raise SbrjobError(f"export.batch_size {lanes} is not divisible by the {self.replicas} replicas")
+        check_layout(lanes, 1, self.replicas)
         self.lanes, self.local_lanes, self.block_steps = lanes, lanes // self.replicas, block_steps
         with strategy.scope():
             self.model = GRU4Rec(cfg.model, n_items, seed=cfg.seed)
