@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_evaluate.py [--items 3700] [--hidden 128] [--lanes 256]
         [--block-steps 32] [--events 200000] [--ties conservative] [--repeats 3] [--accuracy-only]
+    .venv/bin/python benchmarks/bench_evaluate.py --run runs/movielens [--accuracy-only]  # a trained run
 
 Writes a synthetic test split (MovieLens-like session lengths) to TFRecord shards with
 `sbrjob.export.write_split`, then times `sbrjob.evaluate.evaluate_model` end to end (shard reading,
@@ -42,6 +43,41 @@ def synthetic_sessions(events: int, n_items: int, seed: int = 0):
     return session, item
 
 
+def time_passes(evaluate, repeats: int) -> None:
+    """Time `evaluate()` (first pass apart: tracing and XLA compilation), check it is deterministic."""
+    t = time.perf_counter()
+    first = evaluate()
+    print(f"first pass (includes tracing): {time.perf_counter() - t:.2f}s")
+    times, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        again = evaluate()
+        times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    assert again == first, "evaluation is not deterministic"
+    best = min(times)
+    print(f"evaluate_model: {first['events']} events in {best:.2f}s wall (best of {repeats}) = "
+          f"{first['events'] / best:,.0f} events/s full ranking; process CPU {min(cpu):.2f}s "
+          f"({first['events'] / min(cpu):,.0f} events per CPU-second; load average now "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    print(f"recall@20 {first['recall@20']:.4f}, mrr@20 {first['mrr@20']:.4f}")
+
+
+def time_run(args) -> None:
+    from sbrjob.config import join
+    from sbrjob.shards import read_manifest
+    from sbrjob.train import load_trained
+
+    cfg, model, _ = load_trained(args.run, "best")
+    cfg.eval.beyond_accuracy = not args.accuracy_only
+    split = join(cfg.shards_dir, "test")
+    manifest = read_manifest(split)
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}")
+    print(f"run {args.run}: {model.n_items} items, GRU {cfg.model.layers}, test split {manifest['pairs']} pairs on "
+          f"{manifest['lanes']} lanes, padding {manifest['padding']:.1%}, coverage/popularity {cfg.eval.beyond_accuracy}")
+    time_passes(lambda: evaluate_model(model, split, cfg), args.repeats)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--items", type=int, default=3700)
@@ -52,7 +88,10 @@ def main() -> None:
     ap.add_argument("--ties", default="conservative")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--accuracy-only", action="store_true", help="eval.beyond_accuracy false: no top-K lists")
+    ap.add_argument("--run", help="instead of synthetic data: a trained run's dir, timed on its exported test split")
     args = ap.parse_args()
+    if args.run:
+        return time_run(args)
 
     cfg = config_from_dict({"model": {"layers": [args.hidden]},
                             "eval": {"ties": args.ties, "beyond_accuracy": not args.accuracy_only}})
@@ -67,21 +106,7 @@ def main() -> None:
               f"padding {manifest['padding']:.1%}")
         model = GRU4Rec(cfg.model, args.items, seed=0)
         support = np.bincount(item, minlength=args.items)
-        t = time.perf_counter()
-        first = evaluate_model(model, f"{tmp}/test", cfg, support=support)
-        print(f"first pass (includes tracing): {time.perf_counter() - t:.2f}s")
-        times, cpu = [], []
-        for _ in range(args.repeats):
-            t, c = time.perf_counter(), time.process_time()
-            again = evaluate_model(model, f"{tmp}/test", cfg, support=support)
-            times.append(time.perf_counter() - t)
-            cpu.append(time.process_time() - c)
-        assert again == first, "evaluation is not deterministic"
-        best = min(times)
-        print(f"evaluate_model: {first['events']} events in {best:.2f}s wall (best of {args.repeats}) = "
-              f"{first['events'] / best:,.0f} events/s full ranking; process CPU {min(cpu):.2f}s "
-              f"({first['events'] / min(cpu):,.0f} events per CPU-second; load average now "
-              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        time_passes(lambda: evaluate_model(model, f"{tmp}/test", cfg, support=support), args.repeats)
 
     # the two halves of scoring a slice, alone: where the time goes
     from sbrjob.evaluate import SCORE_CELLS

@@ -272,7 +272,7 @@ def tune(
     (optimisation history, parameter importances). Test metrics are reported, never used to choose.
     """
     if cloud or dry_run:
-        from sbrjob.tune import submit_tuning_job, vertex_tuning_job
+        from sbrjob.tune_vertex import submit_tuning_job, vertex_tuning_job
 
         if not image:
             raise SbrjobError("--cloud/--dry-run need --image (the container image URI with sbrjob installed)")

@@ -105,11 +105,11 @@ def test_local_config_file_is_uploaded_next_to_outputs(tmp_path):
 
 
 def test_tuning_job_wraps_the_same_trial_spec():
-    trial = cloud.job_spec(image="img", command=["python", "-m", "sbrjob.tune"], args=["--config", "tiny"])
+    trial = cloud.job_spec(image="img", command=["python", "-m", "sbrjob.tune_vertex"], args=["--config", "tiny"])
     study = {"metrics": [{"metricId": "mrr_at_20", "goal": "MAXIMIZE"}], "parameters": []}
     job = cloud.tuning_job_spec(trial, display_name="t", study_spec=study, max_trials=8, parallel_trials=2)
     assert job["trialJobSpec"] is trial and job["maxTrialCount"] == 8 and job["parallelTrialCount"] == 2
-    assert trial["workerPoolSpecs"][0]["containerSpec"]["command"] == ["python", "-m", "sbrjob.tune"]
+    assert trial["workerPoolSpecs"][0]["containerSpec"]["command"] == ["python", "-m", "sbrjob.tune_vertex"]
 
 
 @pytest.fixture

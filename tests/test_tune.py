@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from sbrjob import storage
 from sbrjob import tune as T
+from sbrjob import tune_vertex as V
 from sbrjob.cli import app
 from sbrjob.config import load_config
 from sbrjob.errors import SbrjobError
@@ -248,7 +249,7 @@ def test_cloud_trial_writes_the_hypertune_metric_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(metric_file))
     monkeypatch.setenv("CLOUD_ML_TRIAL_ID", "7")
     fake = FakeTrain(lr_score)
-    out = T.cloud_trial(["--config", "tiny", "--set", f"output_dir={tmp_path / 'run'}",
+    out = V.cloud_trial(["--config", "tiny", "--set", f"output_dir={tmp_path / 'run'}",
                          "--train.lr=0.05", "--model.layers", "96.0", "--train.loss=bpr-max",
                          "--train.deterministic=False"], train_fn=fake)
     (cfg,) = fake.trials
@@ -262,14 +263,14 @@ def test_cloud_trial_writes_the_hypertune_metric_file(tmp_path, monkeypatch):
                                                       "checkpoint_path"} for line in lines)
     assert float(lines[-1]["valid_mrr_at_20"]) == pytest.approx(0.05 * 0.75) == out["valid_mrr_at_20"]
     with pytest.raises(SbrjobError, match="--train.lrate: unknown option"):
-        T.cloud_trial(["--config", "tiny", "--train.lrate=0.1"], train_fn=fake)
+        V.cloud_trial(["--config", "tiny", "--train.lrate=0.1"], train_fn=fake)
 
 
 def test_hypertune_file_keeps_the_last_100_entries(tmp_path, monkeypatch):
     path = tmp_path / "m"
     monkeypatch.setenv("CLOUD_ML_HP_METRIC_FILE", str(path))
     for step in range(105):
-        T.report_hypertune("valid_mrr_at_20", step / 1000, step)
+        V.report_hypertune("valid_mrr_at_20", step / 1000, step)
     lines = path.read_text().splitlines()
     assert len(lines) == 100 and json.loads(lines[0])["global_step"] == "5"
 
@@ -296,11 +297,11 @@ def test_dry_run_prints_a_vertex_tuning_job(tmp_path):
     assert "train.bpreg" not in params and "model.dropout_embedding" not in params
     container = job["trialJobSpec"]["workerPoolSpecs"][0]["containerSpec"]
     assert container["imageUri"] == "img:1"
-    assert container["command"] == ["python", "-m", "sbrjob.tune"]
+    assert container["command"] == ["python", "-m", "sbrjob.tune_vertex"]
     assert container["args"] == ["--config", "tiny", "--set", "output_dir=gs://bucket/runs/tiny",
                                  "--set", "model.dropout_embedding=0.25"]
     # what the service will append parses back into a trial
-    config, overrides, values = T._parse_trial_args(container["args"] + ["--train.bpreg=1.5"])
+    config, overrides, values = V._parse_trial_args(container["args"] + ["--train.bpreg=1.5"])
     assert (config, values) == ("tiny", {"train.bpreg": "1.5"})
 
 
@@ -311,10 +312,10 @@ def test_dry_run_refuses_a_local_output_dir(tmp_path):
 
 
 def test_fixed_loss_decides_conditionals_in_the_vertex_spec(tmp_path):
-    job, upload = T.vertex_tuning_job("tiny", 10, overrides=["output_dir=gs://b/r", "train.loss=bpr-max"], image="img")
+    job, upload = V.vertex_tuning_job("tiny", 10, overrides=["output_dir=gs://b/r", "train.loss=bpr-max"], image="img")
     ids = [p["parameterId"] for p in job["studySpec"]["parameters"]]
     assert "train.bpreg" in ids and "train.sample_alpha" in ids and upload is None
-    xe, _ = T.vertex_tuning_job("tiny", 10, overrides=["output_dir=gs://b/r"], image="img")
+    xe, _ = V.vertex_tuning_job("tiny", 10, overrides=["output_dir=gs://b/r"], image="img")
     assert "train.bpreg" not in [p["parameterId"] for p in xe["studySpec"]["parameters"]]
 
 
