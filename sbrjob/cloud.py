@@ -139,7 +139,7 @@ def check_cloud_ready(cfg: JobConfig, replicas_total: int, workers: int) -> None
                 raise SbrjobError(f"data.{key} {value!r} is local: upload it (gcloud storage cp) and "
                                   f"--set data.{key}=gs://BUCKET/...")
     # only the train split is distributed (shards.distribute_blocks)
-    check_layout(cfg.export.batch_size, cfg.export.shards, replicas_total, workers, then=" (--set)")
+    check_layout(cfg.export.batch_size, cfg.export.shards, replicas_total, workers, then=" with --set")
 
 
 def config_ref(config: str, cfg: JobConfig) -> tuple[str, Optional[str]]:

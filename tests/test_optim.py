@@ -91,6 +91,29 @@ def test_adam_matches_keras():
     np.testing.assert_allclose(ours.numpy(), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
+def test_adam_all_padding_step_moves_nothing_and_mirrored_copies_match_one_device():
+    init = np.array([[0.5, -1.0], [2.0, 0.0]], np.float32)
+    g = np.array([[1.0, -2.0], [0.5, 0.0]], np.float32)
+    single = tf.Variable(init)
+    opt = Adam([single], lr=0.01)
+    apply(opt, [tf.constant(g)], active=0.0)  # every lane padding: no moment decay, no step
+    np.testing.assert_array_equal(single.numpy(), init)
+    np.testing.assert_array_equal(opt.slots["m"][0].numpy(), 0.0)
+    apply(opt, [tf.constant(g)])
+
+    strategy, _ = make_strategy("mirrored")  # the 2 logical CPUs of conftest
+    with strategy.scope():
+        table = tf.Variable(init)
+        mirrored = Adam([table], lr=0.01)
+
+    def replica_fn():  # each replica sends half: the summed gradient is g
+        mirrored.apply([tf.constant(g / 2)], tf.constant(1.0))
+
+    tf.function(lambda: strategy.run(replica_fn))()
+    for copy in strategy.experimental_local_results(table):
+        np.testing.assert_allclose(copy.numpy(), single.numpy(), rtol=1e-6)
+
+
 def test_mirrored_strategy_sums_replica_gradients_and_keeps_copies_identical():
     strategy, _ = make_strategy("mirrored")  # the 2 logical CPUs of conftest; one strategy per process
     assert strategy.num_replicas_in_sync == 2
