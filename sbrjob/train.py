@@ -21,6 +21,7 @@ command resumes from `last` and ends with the same metrics as an uninterrupted r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -283,6 +284,7 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
     last = tf.train.CheckpointManager(ckpt, join(own_dir, "last"), max_to_keep=cfg.train.keep_checkpoints)
     best = tf.train.CheckpointManager(ckpt, join(own_dir, "best"), max_to_keep=1)
     fingerprint = run_fingerprint(cfg, manifest)
+    valid_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, beyond_accuracy=False))
 
     latest = tf.train.latest_checkpoint(join(ckpt_work, "last"))
     if latest:
@@ -349,8 +351,8 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
         record = {"epoch": epoch + 1, "train_loss": float(loss_sum / max(events, 1.0)), "train_events": int(events),
                   "train_seconds": round(float(progress.seconds), 3),
                   "train_events_per_s": round(float(events / max(float(progress.seconds), 1e-9)), 1)}
-        if valid_dir is not None:
-            record["valid"] = evaluate(trainer.model, valid_dir, cfg)
+        if valid_dir is not None:  # accuracy only: coverage/popularity (top-K lists) are for the test split
+            record["valid"] = evaluate(trainer.model, valid_dir, valid_cfg)
         history = json.loads(progress.history.numpy().decode()) + [record]
         improved = _is_best(history, cfg.eval.metric)
         progress.history.assign(json.dumps(history))

@@ -41,6 +41,9 @@ def test_learns_a_deterministic_chain_and_writes_checkpoints_and_metrics(shards,
                         evaluate=evaluate_model)
     assert metrics["test"]["recall@1"] > 0.95  # ring successor learned: Recall@1 ~ 1
     epochs = metrics["epochs"]
+    # per-epoch validation ranks only; the top-K lists of coverage/popularity are for the test split
+    assert "mrr@20" in epochs[0]["valid"] and "coverage@20" not in epochs[0]["valid"]
+    assert "coverage@20" in metrics["test"]
     assert [e["epoch"] for e in epochs] == [1, 2] and epochs[1]["train_loss"] < epochs[0]["train_loss"]
     manifest = json.loads((shards / "train" / "manifest.json").read_text())
     assert all(e["train_events"] == manifest["pairs"] for e in epochs)  # every pair trained, padding not
