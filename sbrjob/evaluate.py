@@ -155,7 +155,7 @@ def evaluate_model(model, split_dir: str, cfg: JobConfig, support: Optional[np.n
 
     manifest = read_manifest(split_dir)
     n_items = n_items_of(model)
-    if support is None:
+    if support is None and cfg.eval.beyond_accuracy:  # popularity@K is its only use
         support = item_support(cfg)
     if support is not None and len(support) != n_items:
         support = None  # vocabulary of another run: popularity would be meaningless
