@@ -26,7 +26,7 @@ import tensorflow as tf
 
 from sbrjob.config import config_from_dict
 from sbrjob.evaluate import evaluate_model
-from sbrjob.export import write_split
+from sbrjob.export import session_order, write_split
 from sbrjob.metrics import RankingMetrics
 from sbrjob.model import GRU4Rec
 
@@ -101,7 +101,7 @@ def main() -> None:
           f"ties {args.ties}, cutoffs {cfg.eval.cutoffs}, coverage/popularity {cfg.eval.beyond_accuracy}")
     with tempfile.TemporaryDirectory() as tmp:
         manifest = write_split(session, item, f"{tmp}/test", split="test", lanes=args.lanes, n_shards=1,
-                               block_steps=args.block_steps)
+                               block_steps=args.block_steps, order=session_order(cfg, "test", session)[1])
         print(f"split: {manifest['sessions']} sessions, {manifest['pairs']} (input, target) pairs, "
               f"padding {manifest['padding']:.1%}")
         model = GRU4Rec(cfg.model, args.items, seed=0)
@@ -117,12 +117,12 @@ def main() -> None:
     targets = tf.constant(rng.integers(0, args.items, size=rows).astype(np.int32))
     ones = tf.ones([rows])
     m = RankingMetrics(args.items, cfg.eval.cutoffs, args.ties, item_support=support)
-    rank = tf.function(lambda h: m.update_ranks(m.initial(), model.item_scores(h), targets, ones),
-                       jit_compile=True)
-    scores = model.item_scores(h)
-    lists = tf.function(lambda s: m.update_lists(m.initial(), s, ones))
-    for name, fn, arg in (("scores + ranks + Recall/MRR/NDCG (XLA)", rank, h),
-                          ("top-20 lists + coverage/popularity", lists, scores)):
+    table = model.output_table()
+    score = tf.function(lambda h: model.item_scores(h, output_table=table), jit_compile=True)
+    scores = score(h)
+    update = tf.function(lambda s: m.update(m.initial(), s, targets, ones))
+    for name, fn, arg in (("scores (XLA)", lambda h: {"events": score(h)}, h),
+                          (f"ranks + top-{m.top} lists + all metrics (kernel: {m.cpu_kernel})", update, scores)):
         fn(arg)
         reps = 30
         t = time.perf_counter()

@@ -56,23 +56,20 @@ def _block_runner(model, metrics: RankingMetrics):
         return hidden.stack(), state  # [T, lanes, H]
 
     @tf.function(jit_compile=True)
-    def rank(acc, h, target, weight):
-        scores = model.item_scores(h)
-        return metrics.update_ranks(acc, scores, target, weight), scores
+    def scores(h, tables):
+        return model.item_scores(h) if tables["output"] is None else model.item_scores(h, output_table=tables["output"])
 
-    def score_full_slices(h, target, weight):
+    def score_full_slices(h, target, weight, tables):
         acc = metrics.initial()
         for lo in tf.range(0, tf.shape(target)[0] // rows * rows, rows):
-            w = weight[lo:lo + rows]
-            acc, scores = rank(acc, h[lo:lo + rows], target[lo:lo + rows], w)
-            acc = metrics.update_lists(acc, scores, w)
+            acc = metrics.update(acc, scores(h[lo:lo + rows], tables), target[lo:lo + rows], weight[lo:lo + rows])
         return acc
 
     @tf.function(reduce_retracing=True)
-    def run_block(block, state, pending, table):
+    def run_block(block, state, pending, tables):
         h, target, weight = pending
-        acc = score_full_slices(h, target, weight)
-        hidden, state = advance(block["input"], block["reset"], block["weight"], state, table)
+        acc = score_full_slices(h, target, weight, tables)
+        hidden, state = advance(block["input"], block["reset"], block["weight"], state, tables["input"])
         step_major = lambda x: tf.reshape(tf.transpose(x), [-1])  # noqa: E731 (hidden is [T, lanes])
         w = step_major(block["weight"])
         real = tf.where(w > 0)[:, 0]
@@ -83,9 +80,9 @@ def _block_runner(model, metrics: RankingMetrics):
         return acc, state, pending
 
     @tf.function(reduce_retracing=True)
-    def flush(pending):
+    def flush(pending, tables):
         pad = -tf.shape(pending[1])[0] % rows  # padded rows have weight 0: not counted
-        return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending))
+        return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending), tables)
 
     return run_block, flush
 
@@ -114,17 +111,18 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> R
     consecutive in time for the same lanes; the state starts at zero and is carried across blocks.
     """
     run_block, flush = _cached_runner(model, metrics)
-    table = model.input_table() if hasattr(model, "input_table") else None  # today's weights
+    tables = {name: getattr(model, f"{name}_table")() if hasattr(model, f"{name}_table") else None
+              for name in ("input", "output")}  # from today's weights
     state = pending = None
     for block in blocks:
         if state is None:
             state = model.initial_state(int(block["input"].shape[0]))
             width = int(state[-1].shape[-1])
             pending = (tf.zeros([0, width]), tf.zeros([0], tf.int32), tf.zeros([0]))
-        acc, state, pending = run_block(block, state, pending, table)
+        acc, state, pending = run_block(block, state, pending, tables)
         metrics.merge(acc)
     if pending is not None:
-        metrics.merge(flush(pending))
+        metrics.merge(flush(pending, tables))
     return metrics
 
 

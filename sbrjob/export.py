@@ -80,6 +80,22 @@ def _data_identity(data: dict) -> dict:
             "n_items": data["n_items"]}
 
 
+def session_order(cfg: JobConfig, split: str, session: np.ndarray) -> tuple[str, np.ndarray | None]:
+    """(name, order) in which a split's sessions enter the lanes.
+
+    Train: oldest first (GRU4Rec), or one permutation per split from the seed. Valid/test: longest
+    first, so the lanes finish together and evaluation steps through little padding (on ML-1M-like
+    data, 2% instead of 30% at 64 lanes); every session starts from a zero state, so the order of
+    sessions cannot change a metric.
+    """
+    if split != "train":
+        return "longest-first", np.argsort(-batching.session_lengths(session), kind="stable")
+    if cfg.export.shuffle_sessions:
+        n = int(session.max()) + 1 if len(session) else 0
+        return "shuffled", np.random.default_rng([cfg.seed, SPLITS.index(split)]).permutation(n)
+    return "oldest-first", None
+
+
 def is_current(split_dir: str, data: dict, cfg: JobConfig) -> bool:
     """True when the split's shards exist, in this format, for this prepared data (its manifest) and
     these export settings."""
@@ -88,7 +104,7 @@ def is_current(split_dir: str, data: dict, cfg: JobConfig) -> bool:
     except SbrjobError:
         return False
     want = {**_data_identity(data), "export_fingerprint": export_fingerprint(cfg)}
-    if any(m.get(k) != v for k, v in want.items()):
+    if any(m.get(k) != v for k, v in want.items()) or "order" not in m:  # shards from before the order key
         return False
     return set(m["files"]) <= set(storage.list_files(split_dir))
 
@@ -110,15 +126,12 @@ def export(cfg: JobConfig, force: bool = False) -> dict:
             continue
         frame = prepare.load_split(data_dir, split)
         _check_items(frame["item"].to_numpy(), data["n_items"], join(data_dir, f"{split}.parquet"))
-        order = None
-        if cfg.export.shuffle_sessions:  # one permutation per split, derived from the seed
-            order = np.random.default_rng([cfg.seed, SPLITS.index(split)]).permutation(
-                int(frame["session"].max()) + 1 if len(frame) else 0)
+        name, order = session_order(cfg, split, frame["session"].to_numpy())
         lanes, n_shards = split_layout(cfg, split)
         with storage.staging_dir(split_dir) as tmp:
             out[split] = write_split(frame["session"].to_numpy(), frame["item"].to_numpy(), tmp, split=split,
                                      lanes=lanes, n_shards=n_shards, block_steps=cfg.export.block_steps,
-                                     order=order, extra=extra)
+                                     order=order, extra={**extra, "order": name})
             save_config(cfg, str(tmp))
             storage.publish_dir(tmp, split_dir, last=shards.MANIFEST)
     return out

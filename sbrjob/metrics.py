@@ -24,7 +24,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-TIE_MODES = ("standard", "conservative", "median")
+from sbrjob import kernels
+
+TIE_MODES = tuple(kernels.TIES)  # ("standard", "conservative", "median")
 
 
 def target_ranks(scores: tf.Tensor, targets: tf.Tensor, ties: str = "conservative") -> tf.Tensor:
@@ -87,7 +89,8 @@ class RankingMetrics:
     ACCURACY = ("recall", "mrr", "ndcg")
 
     def __init__(self, n_items: int, cutoffs: Sequence[int] = (1, 5, 10, 20), ties: str = "conservative",
-                 item_support: Optional[np.ndarray] = None, beyond_accuracy: bool = True):
+                 item_support: Optional[np.ndarray] = None, beyond_accuracy: bool = True,
+                 cpu_kernel: Optional[bool] = None):
         if ties not in TIE_MODES:
             raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
         self.n_items = int(n_items)
@@ -95,12 +98,18 @@ class RankingMetrics:
         self.top = min(max(self.cutoffs), self.n_items)
         self.ties = ties
         self.beyond_accuracy = beyond_accuracy  # coverage/popularity need a top-K list per prediction
+        if cpu_kernel is None:  # ranks and top-K lists by the numba kernel, unless the scores are on a GPU
+            cpu_kernel = kernels.available and not tf.config.list_logical_devices("GPU")
+        if cpu_kernel and not kernels.available:
+            raise ValueError("cpu_kernel=True needs numba (pip install numba)")
+        self.cpu_kernel = cpu_kernel
         self.popularity = None
         if item_support is not None and beyond_accuracy:
             support = np.asarray(item_support, dtype=np.float64)
             if support.shape != (self.n_items,):
                 raise ValueError(f"item_support has shape {support.shape}, expected ({self.n_items},)")
             self.popularity = tf.constant(support / max(support.max(), 1.0), tf.float32)
+            self._host_popularity = self.popularity.numpy().astype(np.float64)
         self.reset()
 
     # -- pure TF part -------------------------------------------------------------------------
@@ -116,23 +125,45 @@ class RankingMetrics:
                weights: Optional[tf.Tensor] = None) -> dict[str, tf.Tensor]:
         """Add a batch of predictions: scores [b, n_items], targets [b] int, weights [b] (0 = padding)."""
         scores = tf.cast(scores, tf.float32)
+        targets = tf.cast(targets, tf.int32)
         w = tf.ones_like(scores[:, 0]) if weights is None else tf.cast(weights, tf.float32)
-        return self.update_lists(self.update_ranks(acc, scores, targets, w), scores, w)
+        if self.cpu_kernel:
+            names = sorted(acc)
+            totals = tf.numpy_function(self._host_totals, [scores, targets, w], [tf.float32] * len(names),
+                                       stateful=False)
+            return {name: acc[name] + tf.reshape(t, acc[name].shape) for name, t in zip(names, totals)}
+        acc = self.add_ranks(acc, target_ranks(scores, targets, self.ties), w)
+        return self.add_lists(acc, top_k_indices(scores, self.top), w) if self.beyond_accuracy else acc
 
-    def update_ranks(self, acc, scores, targets, weights) -> dict[str, tf.Tensor]:
-        """The accuracy part of `update` (events, recall, mrr, ndcg): the target's rank only."""
-        ranks = target_ranks(tf.cast(scores, tf.float32), targets, self.ties)
+    def _host_totals(self, scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> list[np.ndarray]:
+        """`update`'s totals on the host (as `initial()`'s keys, sorted), from the numba kernel's ranks
+        and top-K lists; the same formulas as `add_ranks`/`add_lists`, summed in float64."""
+        ranks, top = kernels.rank_and_top(scores, targets, self.ties, self.top if self.beyond_accuracy else 0)
+        ranks, w = ranks.astype(np.float64), weights.astype(np.float64)
+        out = {"events": w.sum()}
+        hits = [(ranks <= k) * w for k in self.cutoffs]
+        out["recall"] = [h.sum() for h in hits]
+        out["mrr"] = [(h / ranks).sum() for h in hits]
+        out["ndcg"] = [(h / np.log2(ranks + 1.0)).sum() for h in hits]
+        nk = len(self.cutoffs)
+        out["covered"], out["popularity"] = np.zeros((nk, self.n_items)), np.zeros(nk)
+        if self.beyond_accuracy:
+            shown = [top[:, :min(k, self.top)] for k in self.cutoffs]
+            out["covered"] = [np.bincount(s.ravel(), np.repeat(w, s.shape[1]), self.n_items) for s in shown]
+            if self.popularity is not None:
+                out["popularity"] = [(self._host_popularity[s].mean(axis=1) * w).sum() for s in shown]
+        return [np.asarray(out[name], np.float32) for name in sorted(out)]
+
+    def add_ranks(self, acc, ranks, weights) -> dict[str, tf.Tensor]:
+        """The accuracy part of `update` (events, recall, mrr, ndcg), from the targets' ranks."""
         out = dict(acc, events=acc["events"] + tf.reduce_sum(weights))
         for name in self.ACCURACY:
             out[name] = acc[name] + tf.stack([tf.reduce_sum(rank_metrics(ranks, k)[name] * weights)
                                               for k in self.cutoffs])
         return out
 
-    def update_lists(self, acc, scores, weights) -> dict[str, tf.Tensor]:
-        """The beyond-accuracy part of `update` (coverage, popularity): needs each row's top-K list."""
-        if not self.beyond_accuracy:
-            return dict(acc)
-        top = top_k_indices(tf.cast(scores, tf.float32), self.top)  # [b, top]
+    def add_lists(self, acc, top, weights) -> dict[str, tf.Tensor]:
+        """The beyond-accuracy part of `update` (coverage, popularity), from top-K lists [b, top]."""
         popularity, covered = [], []
         for k in self.cutoffs:
             shown = top[:, :min(k, self.top)]

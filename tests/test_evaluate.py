@@ -102,7 +102,7 @@ def _reference(model, session, item, cutoffs, ties):
 ])
 def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path, monkeypatch, rows_per_slice, model_cfg):
     import sbrjob.evaluate
-    from sbrjob.export import write_split
+    from sbrjob.export import session_order, write_split
     from sbrjob.model import GRU4Rec
 
     if rows_per_slice:  # score a block's events in many small slices
@@ -112,19 +112,21 @@ def test_evaluate_model_on_shards_matches_per_session_loop(tmp_path, monkeypatch
     rng = np.random.default_rng(3)
     n_items = 15
     session, item, lengths = _sessions(rng, 23, n_items)
-    split_dir = tmp_path / "test"
-    manifest = write_split(session, item, split_dir, split="test", lanes=4, n_shards=2, block_steps=3)
-    assert manifest["pairs"] == int((lengths - 1).sum())
-
     model = GRU4Rec(cfg.model, n_items, seed=1)
     support = np.bincount(item, minlength=n_items)
-    got = evaluate_model(model, str(split_dir), cfg, support=support)
-    assert got["split"] == "test"
-    assert got["events"] == int((lengths - 1).sum())  # every (input, target) pair, nothing else
-    assert "popularity@10" in got and 0 < got["popularity@10"] <= 1
     want = _reference(model, session, item, cfg.eval.cutoffs, cfg.eval.ties)
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-6), key
+    # sessions in lanes oldest first, and longest first (as `sbrjob export` lays out valid/test)
+    for order in (None, session_order(cfg, "test", session)[1]):
+        split_dir = tmp_path / f"test-{order is None}"
+        manifest = write_split(session, item, split_dir, split="test", lanes=4, n_shards=2, block_steps=3,
+                               order=order)
+        assert manifest["pairs"] == int((lengths - 1).sum())
+        got = evaluate_model(model, str(split_dir), cfg, support=support)
+        assert got["split"] == "test"
+        assert got["events"] == int((lengths - 1).sum())  # every (input, target) pair, nothing else
+        assert "popularity@10" in got and 0 < got["popularity@10"] <= 1
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, abs=1e-6), key
 
 
 def test_evaluate_model_rejects_count_mismatch(tmp_path):

@@ -76,6 +76,25 @@ def test_every_split_exported_with_exact_coverage(tmp_path, shuffle):
         assert m["padding"] == pytest.approx(1 - m["pairs"] / (m["lanes"] * m["steps"]), abs=1e-6)
 
 
+def test_eval_splits_enter_longest_first_and_pad_less(tmp_path):
+    cfg = make_config(tmp_path)
+    write_prepared(cfg)
+    manifests = export.export(cfg)
+    assert [manifests[s]["order"] for s in ("train", "valid", "test")] == ["oldest-first", "longest-first",
+                                                                           "longest-first"]
+    # a few long sessions and many short ones: oldest first leaves one lane playing the long tail
+    lengths = np.array([2] * 40 + [30, 29, 28])
+    session = np.repeat(np.arange(len(lengths)), lengths)
+    item = np.zeros(len(session), np.int32)
+    name, order = export.session_order(cfg, "test", session)
+    longest = export.write_split(session, item, tmp_path / "longest", split="test", lanes=4, n_shards=1,
+                                 block_steps=1, order=order)
+    oldest = export.write_split(session, item, tmp_path / "oldest", split="test", lanes=4, n_shards=1,
+                                block_steps=1)
+    assert name == "longest-first" and longest["pairs"] == oldest["pairs"]
+    assert longest["steps"] < oldest["steps"] and longest["padding"] < oldest["padding"]
+
+
 def test_same_config_gives_byte_identical_shards(tmp_path):
     outputs = []
     for run in ("a", "b"):

@@ -1,4 +1,5 @@
-"""Rank-based metrics against hand-computed examples, including every tie mode."""
+"""Rank-based metrics against hand-computed examples, including every tie mode, on both paths:
+the numba kernel (`cpu_kernel=True`, the CPU default) and pure TensorFlow (GPUs, no numba)."""
 
 import math
 
@@ -36,14 +37,19 @@ def test_unknown_tie_mode_rejected():
         target_ranks(SCORES, TARGETS, "optimistic")
 
 
-def _result(ties, cutoffs=(1, 2, 3), weights=None, support=None):
-    m = RankingMetrics(5, cutoffs, ties, item_support=support)
+@pytest.fixture(params=[True, False], ids=["kernel", "tf"])
+def cpu_kernel(request):
+    return request.param
+
+
+def _result(ties, cpu_kernel, cutoffs=(1, 2, 3), weights=None, support=None):
+    m = RankingMetrics(5, cutoffs, ties, item_support=support, cpu_kernel=cpu_kernel)
     m.add(SCORES, TARGETS, weights)
     return m.result()
 
 
-def test_metrics_conservative_by_hand():
-    r = _result("conservative")  # ranks 3, 3, 5
+def test_metrics_conservative_by_hand(cpu_kernel):
+    r = _result("conservative", cpu_kernel)  # ranks 3, 3, 5
     assert r["events"] == 3 and r["ties"] == "conservative"
     assert r["recall@1"] == 0 and r["recall@2"] == 0
     assert r["recall@3"] == pytest.approx(2 / 3)
@@ -51,8 +57,8 @@ def test_metrics_conservative_by_hand():
     assert r["ndcg@3"] == pytest.approx(2 * (1 / math.log2(4)) / 3)
 
 
-def test_metrics_standard_by_hand():
-    r = _result("standard")  # ranks 1, 2, 5
+def test_metrics_standard_by_hand(cpu_kernel):
+    r = _result("standard", cpu_kernel)  # ranks 1, 2, 5
     assert r["recall@1"] == pytest.approx(1 / 3)
     assert r["recall@2"] == pytest.approx(2 / 3)
     assert r["mrr@1"] == pytest.approx(1 / 3)
@@ -60,16 +66,16 @@ def test_metrics_standard_by_hand():
     assert r["ndcg@2"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
 
 
-def test_metrics_median_by_hand():
-    r = _result("median")  # ranks 2, 2.5, 5
+def test_metrics_median_by_hand(cpu_kernel):
+    r = _result("median", cpu_kernel)  # ranks 2, 2.5, 5
     assert r["recall@2"] == pytest.approx(1 / 3)
     assert r["recall@3"] == pytest.approx(2 / 3)
     assert r["mrr@3"] == pytest.approx((1 / 2 + 1 / 2.5) / 3)
     assert r["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(3.5)) / 3)
 
 
-def test_coverage_and_popularity_by_hand():
-    r = _result("standard", cutoffs=(1, 2), support=SUPPORT)
+def test_coverage_and_popularity_by_hand(cpu_kernel):
+    r = _result("standard", cpu_kernel, cutoffs=(1, 2), support=SUPPORT)
     # top-1 lists (lower index first among equal scores): 1, 0, 4
     assert r["coverage@1"] == pytest.approx(3 / 5)
     # top-2 lists: {1,2}, {0,2}, {4,3}
@@ -79,20 +85,20 @@ def test_coverage_and_popularity_by_hand():
     assert r["popularity@2"] == pytest.approx(((pop[1] + pop[2]) / 2 + (pop[0] + pop[2]) / 2 + (pop[4] + pop[3]) / 2) / 3)
 
 
-def test_padding_weight_zero_is_not_counted():
-    r = _result("standard", cutoffs=(1, 2), weights=np.array([1, 1, 0], np.float32))
+def test_padding_weight_zero_is_not_counted(cpu_kernel):
+    r = _result("standard", cpu_kernel, cutoffs=(1, 2), weights=np.array([1, 1, 0], np.float32))
     assert r["events"] == 2
     assert r["recall@1"] == pytest.approx(1 / 2)  # ranks 1, 2 (row 2 ignored)
     assert r["coverage@1"] == pytest.approx(2 / 5)  # items 1 and 0 only
 
 
-def test_streaming_equals_one_batch():
+def test_streaming_equals_one_batch(cpu_kernel):
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(50, 30)).astype(np.float32)
     targets = rng.integers(0, 30, size=50).astype(np.int32)
-    whole = RankingMetrics(30, (1, 5, 10))
+    whole = RankingMetrics(30, (1, 5, 10), cpu_kernel=cpu_kernel)
     whole.add(scores, targets)
-    parts = RankingMetrics(30, (1, 5, 10))
+    parts = RankingMetrics(30, (1, 5, 10), cpu_kernel=cpu_kernel)
     for lo in range(0, 50, 7):
         parts.add(scores[lo:lo + 7], targets[lo:lo + 7])
     a, b = whole.result(), parts.result()
@@ -119,10 +125,31 @@ def test_two_stage_top_k_equals_top_k(n, k):
         np.testing.assert_array_equal(got, tf.math.top_k(scores, k=k).indices.numpy())
 
 
-def test_accuracy_only_mode_gives_same_accuracy_without_coverage():
-    full = _result("conservative", support=SUPPORT)
-    m = RankingMetrics(5, (1, 2, 3), "conservative", item_support=SUPPORT, beyond_accuracy=False)
+def test_accuracy_only_mode_gives_same_accuracy_without_coverage(cpu_kernel):
+    full = _result("conservative", cpu_kernel, support=SUPPORT)
+    m = RankingMetrics(5, (1, 2, 3), "conservative", item_support=SUPPORT, beyond_accuracy=False,
+                       cpu_kernel=cpu_kernel)
     m.add(SCORES, TARGETS)
     lean = m.result()
     assert not any(k.startswith(("coverage", "popularity")) for k in lean)
     assert lean == {k: v for k, v in full.items() if not k.startswith(("coverage", "popularity"))}
+
+
+@pytest.mark.parametrize("ties", ["standard", "conservative", "median"])
+def test_kernel_and_tf_paths_agree_on_every_metric(ties):
+    rng = np.random.default_rng(1)
+    n = 1000
+    scores = rng.normal(size=(300, n)).astype(np.float32)
+    scores[::3] = np.round(scores[::3])  # many ties, at the target and across the top-K cut
+    targets = rng.integers(0, n, 300).astype(np.int32)
+    weights = rng.integers(0, 2, 300).astype(np.float32)
+    support = rng.integers(0, 50, n)
+    results = []
+    for cpu_kernel in (True, False):
+        m = RankingMetrics(n, (1, 5, 10, 20), ties, item_support=support, cpu_kernel=cpu_kernel)
+        m.add(scores, targets, weights)
+        results.append(m.result())
+    kernel, tf_path = results
+    assert kernel.keys() == tf_path.keys() and kernel["events"] == weights.sum()
+    for key in kernel:
+        assert kernel[key] == (tf_path[key] if key == "ties" else pytest.approx(tf_path[key], rel=1e-5)), key
