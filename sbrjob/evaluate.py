@@ -31,12 +31,12 @@ def _block_runner(model, metrics: RankingMetrics):
     """Compiled functions that turn blocks into metric totals: `run_block(block, state, pending,
     table)` and `flush(pending)`.
 
-    The recurrence and the ranking are two XLA programs with static shapes. `advance` steps all
+    The recurrence and the scoring are two XLA programs with static shapes. `advance` steps all
     lanes of a block (a lane's state is zeroed where `reset` is set and left as it is on padding)
     and returns every lane-step's hidden state; the real events among them are queued in `pending`
-    (hidden, target, weight). `rank` scores a fixed-size slice of queued events against ALL items
-    and adds its accuracy totals; the top-K lists of coverage/popularity are taken outside XLA,
-    where TF's TopK kernel is faster. Scoring does not feed back into the recurrence, so a call
+    (hidden, target, weight). `scores` scores a fixed-size slice of queued events against ALL
+    items; `metrics.update` ranks the targets and takes the top-K lists (on a CPU in one numba
+    kernel pass per row, outside XLA). Scoring does not feed back into the recurrence, so a call
     scores the full slices queued by earlier blocks while this block's recurrence runs: TF runs
     the two at once, and slices stay full whatever the padding of a block.
     """
@@ -55,21 +55,19 @@ def _block_runner(model, metrics: RankingMetrics):
             hidden = hidden.write(t, tf.cast(h, tf.float32))
         return hidden.stack(), state  # [T, lanes, H]
 
-    @tf.function(jit_compile=True)
-    def scores(h, tables):
-        return model.item_scores(h) if tables["output"] is None else model.item_scores(h, output_table=tables["output"])
+    scores = tf.function(model.item_scores, jit_compile=True)
 
-    def score_full_slices(h, target, weight, tables):
+    def score_full_slices(h, target, weight):
         acc = metrics.initial()
         for lo in tf.range(0, tf.shape(target)[0] // rows * rows, rows):
-            acc = metrics.update(acc, scores(h[lo:lo + rows], tables), target[lo:lo + rows], weight[lo:lo + rows])
+            acc = metrics.update(acc, scores(h[lo:lo + rows]), target[lo:lo + rows], weight[lo:lo + rows])
         return acc
 
     @tf.function(reduce_retracing=True)
-    def run_block(block, state, pending, tables):
+    def run_block(block, state, pending, table):
         h, target, weight = pending
-        acc = score_full_slices(h, target, weight, tables)
-        hidden, state = advance(block["input"], block["reset"], block["weight"], state, tables["input"])
+        acc = score_full_slices(h, target, weight)
+        hidden, state = advance(block["input"], block["reset"], block["weight"], state, table)
         step_major = lambda x: tf.reshape(tf.transpose(x), [-1])  # noqa: E731 (hidden is [T, lanes])
         w = step_major(block["weight"])
         real = tf.where(w > 0)[:, 0]
@@ -80,9 +78,9 @@ def _block_runner(model, metrics: RankingMetrics):
         return acc, state, pending
 
     @tf.function(reduce_retracing=True)
-    def flush(pending, tables):
+    def flush(pending):
         pad = -tf.shape(pending[1])[0] % rows  # padded rows have weight 0: not counted
-        return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending), tables)
+        return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending))
 
     return run_block, flush
 
@@ -111,18 +109,17 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> R
     consecutive in time for the same lanes; the state starts at zero and is carried across blocks.
     """
     run_block, flush = _cached_runner(model, metrics)
-    tables = {name: getattr(model, f"{name}_table")() if hasattr(model, f"{name}_table") else None
-              for name in ("input", "output")}  # from today's weights
+    table = model.input_table() if hasattr(model, "input_table") else None  # today's weights
     state = pending = None
     for block in blocks:
         if state is None:
             state = model.initial_state(int(block["input"].shape[0]))
             width = int(state[-1].shape[-1])
             pending = (tf.zeros([0, width]), tf.zeros([0], tf.int32), tf.zeros([0]))
-        acc, state, pending = run_block(block, state, pending, tables)
+        acc, state, pending = run_block(block, state, pending, table)
         metrics.merge(acc)
     if pending is not None:
-        metrics.merge(flush(pending, tables))
+        metrics.merge(flush(pending))
     return metrics
 
 

@@ -31,7 +31,12 @@ available = numba is not None
 
 
 def _jit(fn):
-    return numba.njit(nogil=True, cache=True)(fn) if available else fn
+    if not available:
+        return fn
+    try:  # compiled code is cached on disk (beside this file, in NUMBA_CACHE_DIR or ~/.cache)
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # nowhere writable to cache: compile in every process (about 5 s)
+        return numba.njit(nogil=True)(fn)
 
 
 @_jit

@@ -167,16 +167,9 @@ class GRU4Rec(tf.Module):
             return tf.where(scores > 0, scores, self.cfg.elu_param * (tf.exp(tf.minimum(scores, 0.0)) - 1.0))
         return scores
 
-    def output_table(self) -> tf.Tensor:
-        """Wy^T, [H, n_items]: for inference, `item_scores(h, output_table=)` multiplies by it in
-        its stored layout (about 1.4x faster on a CPU than transposing Wy inside the product)."""
-        return tf.transpose(self.Wy)
-
-    def item_scores(self, h, output_table=None):
+    def item_scores(self, h):
         """Scores of every item (full ranking): h @ Wy^T + by, after the final activation."""
-        if output_table is None:
-            return self._activate(tf.matmul(h, self.Wy, transpose_b=True) + self.by)
-        return self._activate(tf.matmul(h, output_table) + self.by)
+        return self._activate(tf.matmul(h, self.Wy, transpose_b=True) + self.by)
 
     def scores_for(self, h, items):
         """Scores of the given columns only (sampled training): [b, n]. Gathers rows -> row-sparse gradients."""
