@@ -1,4 +1,4 @@
-"""Full-ranking next-item metrics in pure TensorFlow, accumulated over a stream of predictions.
+"""Full-ranking next-item metrics, accumulated over a stream of predictions.
 
 Every prediction scores ALL items; the rank of the true next item decides Recall@K (hit rate),
 MRR@K and NDCG@K. Ties between the target's score and other items' scores are resolved by a
@@ -10,8 +10,11 @@ declared mode (the official GRU4Rec evaluation):
 
 A NaN target score gets the worst rank (n_items): a broken model must not look good.
 
-`RankingMetrics.update` is pure TF (usable inside `tf.function` loops, on any device) and returns
-small per-batch totals; `merge` adds them on the host in float64 so millions of events sum exactly.
+`RankingMetrics.update` works inside `tf.function` loops and returns small per-batch totals; `merge`
+adds them on the host in float64 so millions of events sum exactly. On a CPU the ranks and top-K
+lists come from the numba kernel in `kernels.py` (through `tf.numpy_function`; TF's TopK cost more
+per row than the scoring); elsewhere, or with `cpu_kernel=False`, from TF ops. Both give the same
+numbers (tested).
 Besides accuracy it tracks item coverage@K (share of the catalogue that appears in any top-K list)
 and popularity@K (mean of support / max support over the recommended items).
 """
@@ -112,7 +115,7 @@ class RankingMetrics:
             self._host_popularity = self.popularity.numpy().astype(np.float64)
         self.reset()
 
-    # -- pure TF part -------------------------------------------------------------------------
+    # -- graph part -----------------------------------------------------------------------------
     def initial(self) -> dict[str, tf.Tensor]:
         nk = len(self.cutoffs)
         acc = {"events": tf.zeros([], tf.float32),
