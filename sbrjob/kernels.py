@@ -139,6 +139,15 @@ def _rank_top_rows(scores, targets, tie, ranks, top):
 _POOL: ThreadPoolExecutor | None = None
 
 
+def _forget_pool() -> None:  # a forked child has none of the parent's threads: start a new pool
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 

@@ -40,6 +40,17 @@ def test_rows_split_over_threads_give_the_same_result(monkeypatch):
     np.testing.assert_array_equal(one[1], many[1])
 
 
+def test_a_forked_child_gets_its_own_thread_pool():
+    import multiprocessing
+
+    scores = score_matrices(200, 300, seed=4)["smooth"]
+    targets = np.arange(200) % 300
+    parent = kernels.rank_and_top(scores, targets, "standard", 5)  # starts the pool here
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # would hang on the parent's dead pool
+        child = pool.apply_async(kernels.rank_and_top, (scores, targets, "standard", 5)).get(timeout=60)
+    np.testing.assert_array_equal(parent[1], child[1])
+
+
 def test_nan_scores_rank_last_and_never_crash():
     scores = np.array([[np.nan, 3.0, np.nan, 1.0, 2.0],
                        [np.nan] * 5,
