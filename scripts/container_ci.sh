@@ -83,6 +83,12 @@ case "$MODE" in
     say "--help ok"
     uid=$(engine run --rm --network none --entrypoint id "$IMAGE" -u) || fail "$ENGINE run id -u"
     [ "$uid" != 0 ] || fail "the image runs as root"
+    # the evaluation kernel compiled at build time loads from numba's cache as the runtime user
+    hits=$(engine run --rm --network none --entrypoint python "$IMAGE" -c \
+      "from sbrjob import kernels; kernels.warm_up(); print(sum(kernels._rank_top_rows.stats.cache_hits.values()))") \
+      || fail "$ENGINE run kernels.warm_up"
+    [ "$hits" = 1 ] || fail "the numba kernel was recompiled at run time (cache hits: $hits)"
+    say "numba kernel loaded from the build-time cache"
     t0=$SECONDS
     out=$(engine run --rm --network none "$IMAGE" train --config tiny) || fail "$ENGINE run $IMAGE train --config tiny"
     say "train --config tiny ran in $((SECONDS - t0)) s"
