@@ -44,8 +44,22 @@ def synthetic_sessions(events: int, n_items: int, seed: int = 0):
     return session, item
 
 
+def machine_speed() -> float:
+    """GFLOP/s of a fixed [1024, 128] x [128, 4096] matmul now: the shared VM's speed varies by up
+    to 1.5x between minutes, so each result is printed beside it."""
+    a, b = tf.random.normal([1024, 128], seed=1), tf.random.normal([128, 4096], seed=2)
+    matmul = tf.function(tf.matmul)
+    matmul(a, b).numpy()
+    t = time.perf_counter()
+    for _ in range(50):
+        out = matmul(a, b)
+    out.numpy()
+    return 50 * 2 * 1024 * 128 * 4096 / (time.perf_counter() - t) / 1e9
+
+
 def time_passes(evaluate, repeats: int) -> None:
     """Time `evaluate()` (first pass apart: tracing and XLA compilation), check it is deterministic."""
+    print(f"machine speed before: {machine_speed():.0f} GFLOP/s (reference matmul)")
     t = time.perf_counter()
     first = evaluate()
     print(f"first pass (includes tracing): {time.perf_counter() - t:.2f}s")
@@ -61,7 +75,8 @@ def time_passes(evaluate, repeats: int) -> None:
           f"{first['events'] / best:,.0f} events/s full ranking; process CPU {min(cpu):.2f}s "
           f"({first['events'] / min(cpu):,.0f} events per CPU-second; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"recall@20 {first['recall@20']:.4f}, mrr@20 {first['mrr@20']:.4f}")
+    print(f"recall@20 {first['recall@20']:.4f}, mrr@20 {first['mrr@20']:.4f}; "
+          f"machine speed after: {machine_speed():.0f} GFLOP/s")
 
 
 def time_run(args) -> None:
