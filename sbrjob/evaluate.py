@@ -91,8 +91,8 @@ _RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 def _cached_runner(model, metrics: RankingMetrics):
     """One compiled runner per (model, metric settings): evaluating every epoch compiles once."""
     popularity = None if metrics.popularity is None else metrics.popularity.numpy().tobytes()
-    key = (metrics.n_items, tuple(metrics.cutoffs), metrics.ties, metrics.beyond_accuracy, popularity,
-           SCORE_CELLS)
+    key = (metrics.n_items, tuple(metrics.cutoffs), metrics.ties, metrics.beyond_accuracy, metrics.cpu_kernel,
+           popularity, SCORE_CELLS)
     try:
         per_model = _RUNNERS.setdefault(model, {})
     except TypeError:  # not weak-referenceable: no caching

@@ -68,6 +68,16 @@ def test_padding_would_change_the_result_if_counted():
     assert r["events"] == 8 and r["recall@1"] == pytest.approx(7 / 8)
 
 
+def test_kernel_and_tf_paths_each_get_their_own_compiled_runner():
+    from sbrjob.evaluate import _RUNNERS
+
+    model = CountingModel()
+    results = [evaluate_blocks(model, _blocks(2, RESET, TARGET, WEIGHT),
+                               RankingMetrics(6, (1, 5), cpu_kernel=cpu_kernel)).result() for cpu_kernel in (True, False)]
+    assert len(_RUNNERS[model]) == 2  # the second metrics object did not reuse the first one's path
+    assert results[0] == results[1]
+
+
 # ---------------------------------------------------------------- real shards and the real model
 
 
