@@ -24,6 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
+from bench_export import best_of  # this script's folder is on sys.path
 
 from sbrjob.config import config_from_dict
 from sbrjob.evaluate import evaluate_model
@@ -63,17 +64,11 @@ def time_passes(evaluate, repeats: int) -> None:
     t = time.perf_counter()
     first = evaluate()
     print(f"first pass (includes tracing): {time.perf_counter() - t:.2f}s")
-    times, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        again = evaluate()
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
+    best, cpu, again = best_of(repeats, evaluate)
     assert again == first, "evaluation is not deterministic"
-    best = min(times)
     print(f"evaluate_model: {first['events']} events in {best:.2f}s wall (best of {repeats}) = "
-          f"{first['events'] / best:,.0f} events/s full ranking; process CPU {min(cpu):.2f}s "
-          f"({first['events'] / min(cpu):,.0f} events per CPU-second; load average now "
+          f"{first['events'] / best:,.0f} events/s full ranking; process CPU {cpu:.2f}s "
+          f"({first['events'] / cpu:,.0f} events per CPU-second; load average now "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"recall@20 {first['recall@20']:.4f}, mrr@20 {first['mrr@20']:.4f}; "
           f"machine speed after: {machine_speed():.0f} GFLOP/s")
