@@ -225,6 +225,55 @@ def put_file(local: str | os.PathLike, dest: str) -> None:
     os.replace(tmp, p)
 
 
+def content_id(path: str) -> dict:
+    """What identifies a file's content without reading it: local {size, mtime_ns}; gs:// {size,
+    generation, crc32c}. Raises FileNotFoundError when missing."""
+    if not is_remote(path):
+        st = Path(path).stat()
+        if not Path(path).is_file():
+            raise IsADirectoryError(path)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    bucket, key = _split_gs(path)
+    try:
+        blob = _gcs().bucket(bucket).get_blob(key) if key else None
+    except Exception as err:
+        raise _gcs_error(path, err) from err
+    if blob is None:
+        raise FileNotFoundError(path)
+    return {"size": blob.size, "generation": str(blob.generation), "crc32c": blob.crc32c}
+
+
+def create_exclusive(path: str, text: str) -> bool:
+    """Create `path` with `text` only if it does not exist (locally O_EXCL; on GCS a precondition
+    `if_generation_match=0`); False when it already exists."""
+    if not is_remote(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return True
+    blob = _blob(path)
+    try:
+        blob.upload_from_string(text.encode("utf-8"), if_generation_match=0)
+    except Exception as err:
+        if type(err).__name__ == "PreconditionFailed":
+            return False
+        raise _gcs_error(path, err) from err
+    return True
+
+
+def delete(path: str) -> None:
+    """Remove one file; missing is fine."""
+    if not is_remote(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    _delete(_blob(path), path)
+
+
 # ---------------------------------------------------------------- directories
 
 
@@ -236,6 +285,27 @@ def list_files(prefix: str) -> list[str]:
             return []
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     return sorted(_remote_blobs(prefix))
+
+
+def move_tree(src: str, dest: str) -> None:
+    """Move a directory (locally one rename; on GCS copy every object, then delete the source)."""
+    if not is_remote(src):
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        return
+    base, target = src.rstrip("/"), dest.rstrip("/")
+    blobs = _remote_blobs(src)
+
+    def copy(item):
+        rel, blob = item
+        dest_bucket, dest_key = _split_gs(f"{target}/{rel}")
+        try:
+            blob.bucket.copy_blob(blob, _gcs().bucket(dest_bucket), dest_key)
+        except Exception as err:
+            raise _gcs_error(f"{base}/{rel}", err) from err
+
+    _parallel(copy, blobs.items())
+    _parallel(lambda b: _delete(b, base), blobs.values())
 
 
 def remove_tree(path: str) -> None:
