@@ -106,6 +106,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0 = only at the end of each epoch
     keep_checkpoints: int = 3
     deterministic: bool = True
+    # early stopping: end training after this many epochs without a better validation eval.metric
+    # (the best checkpoint is what evaluate/recommend use); 0 = off, train all `epochs`
+    patience: int = 0
 
 
 @dataclass
@@ -218,6 +221,7 @@ def validate(cfg: JobConfig) -> None:
     _check(t.epochs >= 1, "train.epochs", "must be >= 1")
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+    _check(t.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)")
     _check(t.logq >= 0 and t.bpreg >= 0, "train.logq", "logq and bpreg must be >= 0")
     _check(bool(ev.cutoffs) and all(k >= 1 for k in ev.cutoffs), "eval.cutoffs", "a non-empty list of ints >= 1")
     name, _, k = ev.metric.partition("@")
