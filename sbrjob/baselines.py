@@ -22,7 +22,6 @@ whole sessions, prefix statistics by cumulative sums along the chunk.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -30,8 +29,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow as tf
 
-from sbrjob import storage
-from sbrjob.config import EvalConfig, JobConfig, join
+from sbrjob.config import EvalConfig
 from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
 
@@ -302,44 +300,17 @@ def comparison_table(results: dict[str, dict], cutoffs: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _trained_test_metrics(cfg: JobConfig) -> dict | None:
-    for path in (join(cfg.output_dir, "eval_test.json"), cfg.metrics_path):
-        try:
-            data = json.loads(storage.read_text(path))
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        test = data.get("test") if "test" in data else data if "events" in data else None
-        if isinstance(test, dict) and "events" in test:
-            return test
-    return None
-
-
-def run_baselines(cfg: JobConfig) -> dict:
-    """Fit and evaluate each baseline of `cfg.eval.baselines` on the test split; write
-    `baselines.json` and `comparison.md` (with the trained GRU4Rec's test metrics when present)."""
-    from sbrjob.prepare import ensure_prepared, item_support, load_split
-
-    data_dir = ensure_prepared(cfg)
-    support = item_support(data_dir)
+def run_baselines(ev: EvalConfig, train: Sessions, test: Sessions, support: np.ndarray) -> dict[str, dict]:
+    """Fit each baseline of `ev.baselines` on `train` and evaluate it on every pair of `test`;
+    returns {name: metrics} (with the seconds each took)."""
     n_items = len(support)
-    train = Sessions.from_frame(load_split(data_dir, "train"))
-    test = Sessions.from_frame(load_split(data_dir, "test"))
     results = {}
-    for name in cfg.eval.baselines:
+    for name in ev.baselines:
         t0 = time.perf_counter()
-        model = make_baseline(name, cfg.eval).fit(train, n_items)
-        metrics = evaluate_baseline(model, test, RankingMetrics(n_items, cfg.eval.cutoffs, cfg.eval.ties, support,
-                                                                cfg.eval.beyond_accuracy))
+        model = make_baseline(name, ev).fit(train, n_items)
+        metrics = evaluate_baseline(model, test, RankingMetrics(n_items, ev.cutoffs, ev.ties, support,
+                                                                ev.beyond_accuracy))
         if metrics.events != test.pairs:
             raise SbrjobError(f"{name}: evaluated {metrics.events} events, the test split has {test.pairs} pairs")
         results[name] = {"split": "test", **metrics.result(), "seconds": round(time.perf_counter() - t0, 3)}
-    storage.write_text(join(cfg.output_dir, "baselines.json"), json.dumps(results, indent=2) + "\n")
-    rows = dict(results)
-    trained = _trained_test_metrics(cfg)
-    if trained is not None:
-        rows = {"gru4rec": trained, **rows}
-    table = comparison_table(rows, cfg.eval.cutoffs)
-    note = "" if trained else "\n(no trained GRU4Rec test metrics found in this run's output_dir yet)\n"
-    header = f"# {cfg.name}: test split, full ranking over {n_items} items, ties {cfg.eval.ties}\n\n"
-    storage.write_text(join(cfg.output_dir, "comparison.md"), header + table + note)
-    return {"baselines": results, "table": header + table + note}
+    return results

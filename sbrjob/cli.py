@@ -6,6 +6,7 @@ Heavy modules (TensorFlow, pandas) are imported inside the commands so `--help` 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Annotated, Optional
@@ -31,6 +32,11 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Job config: a path, gs:// URL or packaged name (tiny, movielens, yoochoose).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key, e.g. --set train.lr=0.05 (repeatable).")]
+RunOpt = Annotated[Optional[str], typer.Option("--run", "-r", help="A run directory (a job's output_dir, local or gs://); its own config is used.")]
+ConfigRunOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Instead of --run: a config whose output_dir is the run (it must agree with the run).")]
+ForceOpt = Annotated[bool, typer.Option(help="Rewrite the output even when it is current (not on a trained run).")]
+FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start the run anew: its previous outputs, checkpoints included, are moved to OUTPUT_DIR/attic/<time>/.")]
+BreakLockOpt = Annotated[bool, typer.Option("--break-lock", help="gs:// runs: remove a lock left by a job that was killed without cleanup (only when no job is using the run).")]
 
 
 def _version(value: bool) -> None:
@@ -44,6 +50,12 @@ def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """sbrjob: GRU4Rec as a batch job, the same on a laptop CPU, GPUs or a TPU."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("sbrjob")  # library modules log; this is where their lines show
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
 
 
 def _load(config: str, overrides: Optional[list[str]]):
@@ -56,28 +68,55 @@ def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
+def _use_run(run: Optional[str], config: Optional[str], set_: Optional[list[str]], trained: bool = True):
+    """(Run, config) for the commands that use a run: `--run DIR` (its own config; --set may change
+    eval keys) or `--config` (resolves to its output_dir and must agree with the run)."""
+    from sbrjob.runs import Run
+    from sbrjob.stages import open_run
+
+    if run is None and config is None:
+        raise SbrjobError("name the run: --run DIR (a job's output_dir) or --config CONFIG")
+    if config is None:
+        cfg = _load(Run(run).config_path, [*(set_ or []), f"output_dir={run}"]) if set_ else None
+        return open_run(run, cfg)
+    cfg = _load(config, set_)
+    target = Run(run or cfg.output_dir)
+    if not trained and not target.has_checkpoints():
+        cfg.output_dir = target.dir
+        return target, cfg  # nothing trained to agree with: the given config rules
+    return open_run(target.dir, cfg)
+
+
 @app.command()
 def prepare(
     config: ConfigOpt,
     set_: SetOpt = None,
     on_bad_lines: Annotated[Optional[str], typer.Option(help="error (default): stop at the first malformed line and name it; skip: drop such lines and count them in stats.json.")] = None,
+    force: ForceOpt = False,
+    fresh: FreshOpt = False,
 ) -> None:
     """Read raw logs, build sessions, filter, split by time; write Parquet splits, item vocabulary, stats.json and data_report.png to OUTPUT_DIR/data.
 
     Formats (data.format): movielens (ratings.dat[.gz] or ratings.csv, titles from data.items_path),
     yoochoose (clicks/test .dat, with or without Category), gru4rec (SessionId/ItemId/Time TSV; with
     split.scheme given, data.valid_path/test_path are used as they are), table (CSV/TSV/Parquet with
-    data.columns), sample (the embedded synthetic MovieLens-format data). Always rewrites the output;
-    later stages reuse it while its manifest matches the config. Prints a per-split summary as JSON.
+    data.columns), sample (the embedded synthetic MovieLens-format data). Data that is current for
+    the config and the inputs' content is kept (--force rewrites it); a trained run's data is never
+    rewritten (--fresh starts the run anew). Prints a per-split summary as JSON.
     """
-    from sbrjob.prepare import prepare as run
+    from sbrjob.stages import prepare_stage
 
     overrides = list(set_ or [])
     if on_bad_lines:
         overrides.append(f"data.on_bad_lines={on_bad_lines}")
     cfg = _load(config, overrides)
-    stats = run(cfg)
-    summary = {"data_dir": cfg.data_dir, "n_items": stats["n_items"], "bad_lines": stats["bad_lines"],
+    data, written = prepare_stage(cfg, force=force, fresh=fresh)
+    if not written:
+        typer.echo(f"{data.data_dir} is current for this config and input; kept (--force rewrites it)", err=True)
+    from sbrjob import storage
+
+    stats = json.loads(storage.read_text(f"{data.data_dir}/stats.json"))
+    summary = {"data_dir": data.data_dir, "n_items": stats["n_items"], "bad_lines": stats["bad_lines"],
                "seconds": stats["seconds"]}
     summary.update({k: {m: stats[k][m] for m in ("events", "sessions", "items")} for k in ("train", "valid", "test")})
     _print_json(summary)
@@ -87,7 +126,8 @@ def prepare(
 def export_(
     config: ConfigOpt,
     set_: SetOpt = None,
-    force: Annotated[bool, typer.Option(help="Rewrite the shards even when the manifest says they are current.")] = False,
+    force: Annotated[bool, typer.Option(help="Rewrite the shards even when the manifest says they are current (not on a trained run).")] = False,
+    fresh: FreshOpt = False,
 ) -> None:
     """Write session-parallel batches (input, target, reset, weight) of every split to TFRecord shards with a manifest.
 
@@ -96,9 +136,9 @@ def export_(
     export.eval_batch_size lanes in export.eval_shards shards); splits whose manifest still matches
     the data and the export settings are kept. Prints lanes, blocks, pairs and padding per split.
     """
-    from sbrjob.export import export as run
+    from sbrjob.stages import export_stage
 
-    manifests = run(_load(config, set_), force=force)
+    manifests = export_stage(_load(config, set_), force=force, fresh=fresh)
     keys = ("lanes", "shards", "block_steps", "blocks", "steps", "sessions", "pairs", "padding")
     _print_json({split: {k: m[k] for k in keys} for split, m in manifests.items()})
 
@@ -107,21 +147,34 @@ def export_(
 def train(
     config: ConfigOpt,
     set_: SetOpt = None,
-    reexport: Annotated[bool, typer.Option(help="Re-run prepare and export even when their outputs are current.")] = False,
+    reexport: Annotated[bool, typer.Option(help="Re-run prepare and export even when their outputs are current (not on a trained run).")] = False,
+    fresh: FreshOpt = False,
+    break_lock: BreakLockOpt = False,
 ) -> None:
     """Train GRU4Rec under tf.distribute; resumes from the last checkpoint; writes checkpoints and metrics.json.
 
-    Runs prepare and export first when their outputs are missing or stale, so one command goes from raw data to a model.
+    Runs prepare and export first when their outputs are missing or stale, so one command goes from
+    raw data to a model. Once a run has checkpoints it is bound to its config and to the content of
+    its inputs: a change that would alter its data, shards or model is refused with the keys that
+    differ (--fresh starts it anew and moves the old run to OUTPUT_DIR/attic/). Re-running a
+    finished run does nothing and says so; raising train.epochs continues it.
     """
-    from sbrjob.train import train as run
+    from sbrjob.stages import train_stage
 
-    metrics = run(_load(config, set_), reexport=reexport)
+    cfg = _load(config, set_)
+    metrics, complete = train_stage(cfg, reexport=reexport, fresh=fresh, break_lock=break_lock)
+    if complete:
+        test = metrics.get("test") or {}
+        score = f"test {cfg.eval.metric.upper()} {test[cfg.eval.metric]:.4f}" if cfg.eval.metric in test else "no test metrics"
+        typer.echo(f"run {cfg.output_dir} is complete: {score} (best epoch {metrics.get('best_epoch')}); nothing to do "
+                   "(raise train.epochs to continue, --fresh to start anew)", err=True)
     _print_json({"best_epoch": metrics.get("best_epoch"), "test": metrics.get("test")})
 
 
 @app.command()
 def evaluate(
-    config: ConfigOpt,
+    run: RunOpt = None,
+    config: ConfigRunOpt = None,
     set_: SetOpt = None,
     checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
     split: Annotated[str, typer.Option(help="test or valid.")] = "test",
@@ -129,30 +182,35 @@ def evaluate(
     """Full-ranking evaluation (official GRU4Rec protocol): Recall, MRR, NDCG, coverage and popularity at each cutoff.
 
     Every position of every session is predicted from a zero state at the session start; the true
-    next item is ranked against all items (ties: eval.ties). Writes OUTPUT_DIR/eval_<split>.json.
+    next item is ranked against all items (ties: eval.ties). Uses the run's own config and data
+    (eval keys may be changed with --set); writes OUTPUT_DIR/eval_<split>.json.
     """
-    from sbrjob.evaluate import evaluate_run
+    from sbrjob.stages import evaluate_stage
 
-    _print_json(evaluate_run(_load(config, set_), checkpoint=checkpoint, split=split))
+    target, cfg = _use_run(run, config, set_)
+    _print_json(evaluate_stage(target, cfg, checkpoint=checkpoint, split=split))
 
 
 @app.command()
-def baselines(config: ConfigOpt, set_: SetOpt = None) -> None:
+def baselines(run: RunOpt = None, config: ConfigRunOpt = None, set_: SetOpt = None) -> None:
     """Most-popular, S-POP, item-kNN and session-kNN on the same splits and metrics; prints a comparison with the trained model.
 
     Fits on the train split, evaluates on the test split with the same full-ranking metrics as
     `evaluate`; writes OUTPUT_DIR/baselines.json and comparison.md (with GRU4Rec's test metrics
-    when the run has them). Choose baselines and kNN sizes in the config's eval section.
+    when the run has them). Choose baselines and kNN sizes in the config's eval section. On a run
+    that is not trained yet, --config prepares its data first.
     """
-    from sbrjob.baselines import run_baselines
+    from sbrjob.stages import baselines_stage
 
-    typer.echo(run_baselines(_load(config, set_))["table"], nl=False)
+    target, cfg = _use_run(run, config, set_, trained=False)
+    typer.echo(baselines_stage(target, cfg)["table"], nl=False)
 
 
 @app.command()
 def recommend(
-    run: Annotated[str, typer.Option("--run", help="A run directory (the job's output_dir).")],
     items: Annotated[str, typer.Option(help="The session so far: comma-separated original item ids (or MovieLens titles).")],
+    run: RunOpt = None,
+    config: ConfigRunOpt = None,
     k: Annotated[int, typer.Option("-k", help="How many items to recommend.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     include_seen: Annotated[bool, typer.Option("--include-seen", help="Allow items already in the session (left out by default).")] = False,
@@ -167,14 +225,17 @@ def recommend(
     \b
       sbrjob recommend --run runs/movielens --items "1193, Toy Story, matrix" -k 5
     """
-    from sbrjob.recommend import recommend as run_recommend
+    from sbrjob.recommend import format_table, recommend as run_recommend
 
-    run_recommend(run, items, k=k, as_json=as_json, exclude_seen=not include_seen, checkpoint=checkpoint)
+    target, _ = _use_run(run, config, None)
+    result = run_recommend(target.dir, items, k=k, exclude_seen=not include_seen, checkpoint=checkpoint)
+    typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
 
 
 @app.command("export-model")
 def export_model(
-    run: Annotated[str, typer.Option("--run", help="A run directory (the job's output_dir).")],
+    run: RunOpt = None,
+    config: ConfigRunOpt = None,
     k: Annotated[int, typer.Option("-k", help="Top-k returned by the serving signature.")] = 20,
     to: Annotated[Optional[str], typer.Option(help="Destination (local or gs://); default RUN/saved_model.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
@@ -192,7 +253,8 @@ def export_model(
     """
     from sbrjob.serving import export_saved_model
 
-    typer.echo(export_saved_model(run, k=k, dest=to, checkpoint=checkpoint))
+    target, _ = _use_run(run, config, None)
+    typer.echo(export_saved_model(target.dir, k=k, dest=to, checkpoint=checkpoint))
 
 
 @app.command()
@@ -261,6 +323,7 @@ def tune(
     parallel: Annotated[int, typer.Option(help="Cloud: trials the service runs at the same time.")] = 1,
     region: Annotated[str, typer.Option(help="Cloud region.")] = "us-central1",
     project: Annotated[Optional[str], typer.Option(help="Cloud project id (default: that of the application-default credentials).")] = None,
+    break_lock: BreakLockOpt = False,
 ) -> None:
     """Hyperparameter search with Optuna, optimising the VALIDATION metric (eval.metric, default mrr@20).
 
@@ -289,7 +352,7 @@ def tune(
         return
     from sbrjob.tune import tune as run_tune
 
-    run_tune(_load(config, set_), trials=trials, space=space, echo=typer.echo)
+    run_tune(_load(config, set_), trials=trials, space=space, echo=typer.echo, break_lock=break_lock)
 
 
 @app.command("config")

@@ -10,16 +10,15 @@ every real event, ranks its target and returns the block's metric totals; the ho
 
 from __future__ import annotations
 
-import json
 import weakref
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Iterable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from sbrjob import storage
-from sbrjob.config import JobConfig, join
+from sbrjob.config import EvalConfig
 from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
 
@@ -123,39 +122,24 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> R
     return metrics
 
 
-def item_support(cfg: JobConfig) -> Optional[np.ndarray]:
-    """Train support per item index from the prepared vocabulary, or None when it is not there."""
-    from sbrjob.prepare import item_support as prepared_support
-
-    try:
-        return prepared_support(cfg.data_dir)
-    except (FileNotFoundError, SbrjobError):
-        return None
-
-
-def n_items_of(model) -> int:
-    n = getattr(model, "n_items", None)
-    if n is None:  # contract-only models: ask the scorer
-        n = model.item_scores(model.initial_state(1)[-1]).shape[-1]
-    return int(n)
-
-
-def evaluate_model(model, split_dir: str, cfg: JobConfig, support: Optional[np.ndarray] = None) -> dict:
+def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optional[np.ndarray] = None,
+                   beyond_accuracy: Optional[bool] = None) -> dict:
     """Metrics of `model` on an exported split: {"split", "events", "ties", "recall@K", ...}.
 
-    `support` (train events per item) enables popularity@K; by default it is read from the prepared
-    data of `cfg` when available. The event count is checked against the split's manifest.
+    Args:
+      support: train events per item; enables popularity@K (ignored when its length is not the
+        model's vocabulary size).
+      beyond_accuracy: coverage/popularity top-K lists; default `eval_cfg.beyond_accuracy`.
+    The event count is checked against the split's manifest.
     """
     from sbrjob.shards import block_dataset, read_manifest
 
     manifest = read_manifest(split_dir)
-    n_items = n_items_of(model)
-    if support is None and cfg.eval.beyond_accuracy:  # popularity@K is its only use
-        support = item_support(cfg)
+    n_items = int(model.n_items)
     if support is not None and len(support) != n_items:
         support = None  # vocabulary of another run: popularity would be meaningless
-    metrics = RankingMetrics(n_items, cfg.eval.cutoffs, cfg.eval.ties, item_support=support,
-                             beyond_accuracy=cfg.eval.beyond_accuracy)
+    wide = eval_cfg.beyond_accuracy if beyond_accuracy is None else beyond_accuracy
+    metrics = RankingMetrics(n_items, eval_cfg.cutoffs, eval_cfg.ties, item_support=support, beyond_accuracy=wide)
     evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics)
     if metrics.events != manifest["pairs"]:
         raise SbrjobError(f"{split_dir}: evaluated {metrics.events} events but the manifest lists "
@@ -163,16 +147,14 @@ def evaluate_model(model, split_dir: str, cfg: JobConfig, support: Optional[np.n
     return {"split": manifest.get("split", PurePosixPath(split_dir).name), **metrics.result()}
 
 
-def evaluate_run(cfg: JobConfig, checkpoint: str = "best", split: str = "test") -> dict:
-    """Load a trained run's checkpoint, evaluate it on a split, write `eval_<split>.json` in the run dir."""
-    from sbrjob.export import ensure_exported
-    from sbrjob.train import load_trained
+@dataclass
+class Evaluator:
+    """One split's evaluation, built once and handed to `train.fit` (or called on any model)."""
 
-    if split not in ("test", "valid"):
-        raise SbrjobError(f"--split {split!r}: use test or valid")
-    _, model, _ = load_trained(cfg.output_dir, checkpoint)
-    ensure_exported(cfg)
-    result = evaluate_model(model, join(cfg.shards_dir, split), cfg)
-    result["checkpoint"] = checkpoint
-    storage.write_text(join(cfg.output_dir, f"eval_{split}.json"), json.dumps(result, indent=2) + "\n")
-    return result
+    split_dir: str
+    eval_cfg: EvalConfig
+    support: Optional[np.ndarray] = None
+    beyond_accuracy: Optional[bool] = None  # None: eval_cfg's; per-epoch validation passes False
+
+    def __call__(self, model) -> dict:
+        return evaluate_model(model, self.split_dir, self.eval_cfg, self.support, self.beyond_accuracy)

@@ -19,14 +19,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sbrjob import __version__, storage
-from sbrjob.config import JobConfig, join, save_config
+from sbrjob import storage
+from sbrjob.config import JobConfig, save_config
 from sbrjob.errors import SbrjobError
 from sbrjob.readers import Events, read_events, read_items
+from sbrjob.runs import PREPARED_FILES, SPLITS, data_manifest, input_identity
+from sbrjob.shards import file_sha256
 
-SPLITS = ("train", "valid", "test")
 DAY = 86400.0
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -355,8 +355,11 @@ def _write_split(path: str, log: Log) -> None:
                    compression={"session": "none", "item": "snappy", "time": "none"})
 
 
-def prepare(cfg: JobConfig) -> dict:
-    """Run the prepare stage; writes `cfg.data_dir` and returns the stats dict (also stats.json)."""
+def prepare(cfg: JobConfig, inputs_id: Optional[list[dict]] = None) -> dict:
+    """Run the prepare stage; writes `cfg.data_dir` and returns the stats dict (also stats.json).
+
+    `inputs_id` (`runs.input_identity`, when the caller already has it) goes into the manifest.
+    """
     t0 = clock.perf_counter()
     removed: dict = {}
     inputs = {"format": cfg.data.format, "files": [], "rows": 0, "bad_lines": 0, "keyed_by": None}
@@ -403,9 +406,10 @@ def prepare(cfg: JobConfig) -> dict:
         save_config(cfg, str(tmp))
         stats["seconds"] = round(clock.perf_counter() - t0, 2)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-        manifest = {"format_version": FORMAT_VERSION, "sbrjob": __version__,
-                    "fingerprint": data_fingerprint(cfg), "n_items": len(vocab),
-                    "splits": {s: {"events": stats[s]["events"], "sessions": stats[s]["sessions"]} for s in SPLITS}}
+        files = {name: file_sha256(tmp / name) for name in PREPARED_FILES}
+        splits = {s: {"events": stats[s]["events"], "sessions": stats[s]["sessions"]} for s in SPLITS}
+        manifest = data_manifest(cfg, inputs_id if inputs_id is not None else input_identity(cfg), files,
+                                 len(vocab), splits)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         storage.publish_dir(tmp, cfg.data_dir, last="manifest.json")
     return stats
@@ -429,54 +433,3 @@ def _items_table(cfg: JobConfig, vocab: pd.Index, support: np.ndarray) -> pa.Tab
     return pa.table({"index": pa.array(np.arange(len(vocab), dtype=np.int32)),
                      "item_id": pa.array(vocab.to_numpy().tolist(), pa.string()),
                      "title": title, "genres": genres, "support": pa.array(support, pa.int64())})
-
-
-# ---------------------------------------------------------------- for later stages
-
-
-def data_fingerprint(cfg: JobConfig) -> str:
-    return cfg.section_fingerprint("data", "sessions", "filter", "split")
-
-
-def read_manifest(data_dir: str) -> Optional[dict]:
-    path = join(data_dir, "manifest.json")
-    try:
-        if not storage.exists(path):
-            return None
-        return json.loads(storage.read_text(path))
-    except (OSError, ValueError):
-        return None
-
-
-def ensure_prepared(cfg: JobConfig, force: bool = False) -> str:
-    """The data dir, running prepare first when it is missing, stale (config changed) or `force`."""
-    manifest = read_manifest(cfg.data_dir)
-    if force or manifest is None or manifest.get("fingerprint") != data_fingerprint(cfg):
-        prepare(cfg)
-    return cfg.data_dir
-
-
-def _read_parquet(data_dir: str, name: str) -> pd.DataFrame:
-    path = join(data_dir, name)
-    if read_manifest(data_dir) is None:
-        raise SbrjobError(f"{data_dir}: no prepared data (manifest.json missing); run `sbrjob prepare` first")
-    if storage.is_remote(path):
-        return pq.read_table(pa.BufferReader(storage.read_bytes(path))).to_pandas()
-    return pq.read_table(path).to_pandas()
-
-
-def load_split(data_dir: str, split: str) -> pd.DataFrame:
-    """One split: columns session (int64), item (int32), time (float64), sorted by (session, time, item)."""
-    if split not in SPLITS:
-        raise SbrjobError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    return _read_parquet(data_dir, f"{split}.parquet")
-
-
-def load_items(data_dir: str) -> pd.DataFrame:
-    """The vocabulary: index (int32), item_id (str), title, genres (str or None), support (int64)."""
-    return _read_parquet(data_dir, "items.parquet")
-
-
-def item_support(data_dir: str) -> np.ndarray:
-    """Train events per item, in vocabulary index order (float64): sampler, logQ, popularity."""
-    return load_items(data_dir).sort_values("index")["support"].to_numpy(np.float64)

@@ -9,7 +9,6 @@ are joined. Unknown items are reported and skipped; a session with no known item
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -118,15 +117,14 @@ def _text(value) -> str | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
-def recommend(run_dir: str, items_text: str, k: int = 10, as_json: bool = False, exclude_seen: bool = True,
-              checkpoint: str = "best") -> dict:
-    """Print (and return) the top-k next items for a session given as ids or titles."""
-    from sbrjob.train import load_trained
+def recommend(run_dir: str, items_text: str, k: int = 10, exclude_seen: bool = True, checkpoint: str = "best") -> dict:
+    """The top-k next items for a session given as ids or titles: {"session", "unknown", "recommendations"}."""
+    from sbrjob.runs import load_trained
 
     if k < 1:
         raise SbrjobError(f"-k {k}: must be >= 1")
-    _, model, items = load_trained(run_dir, checkpoint)
-    items = items.sort_values("index").reset_index(drop=True)
+    trained = load_trained(run_dir, checkpoint)
+    model, items = trained.model, trained.items
     matcher = ItemMatcher(items)
     found, unknown = matcher.parse(items_text or "")
     if not found:
@@ -145,7 +143,6 @@ def recommend(run_dir: str, items_text: str, k: int = 10, as_json: bool = False,
         "unknown": unknown,
         "recommendations": [{"rank": r + 1, **row(int(i)), "score": float(scores[i])} for r, i in enumerate(top)],
     }
-    print(json.dumps(result, indent=2) if as_json else format_table(result))
     return result
 
 

@@ -73,12 +73,13 @@ def save_recommender(module: Recommender, dest: str, info: dict | None = None) -
 
 def export_saved_model(run_dir: str, k: int = 20, dest: str | None = None, checkpoint: str = "best") -> str:
     """Export a trained run's model as a SavedModel (default RUN/saved_model); returns the path."""
-    from sbrjob.train import load_trained
+    from sbrjob.runs import load_trained
 
     if k < 1:
         raise SbrjobError(f"-k {k}: must be >= 1")
-    cfg, model, items = load_trained(run_dir, checkpoint)
-    ids = items.sort_values("index")["item_id"].astype(str).tolist()
+    trained = load_trained(run_dir, checkpoint)
+    cfg, model = trained.cfg, trained.model
+    ids = trained.items["item_id"].astype(str).tolist()
     dest = dest or join(run_dir, "saved_model")
     return save_recommender(Recommender(model, ids, k), dest,
                             {"run": run_dir, "checkpoint": checkpoint, "name": cfg.name})

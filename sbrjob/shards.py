@@ -102,6 +102,16 @@ def file_sha256(path: str | Path) -> str:
 # ---------------------------------------------------------------- manifest
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of a manifest without its own `digest` key, so that a hand edit is detected."""
+    body = {k: v for k, v in manifest.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def sealed(manifest: dict) -> dict:
+    return {**manifest, "digest": manifest_digest(manifest)}
+
+
 def read_manifest(split_dir: str) -> dict:
     """The split's manifest, checked for format version and completeness (SbrjobError otherwise)."""
     path = join(split_dir, MANIFEST)
@@ -113,6 +123,9 @@ def read_manifest(split_dir: str) -> dict:
         raise SbrjobError(f"{path}: manifest is not valid JSON ({err}); run `sbrjob export --force`") from None
     if not isinstance(manifest, dict):
         raise SbrjobError(f"{path}: manifest is not a JSON object; run `sbrjob export --force`")
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise SbrjobError(f"{path}: manifest was edited after export (or written by an older sbrjob): its digest "
+                          "does not match; run `sbrjob export --force`")
     if manifest.get("version") != FORMAT_VERSION:
         raise SbrjobError(f"{path}: shard format version {manifest.get('version')!r}, this sbrjob reads "
                           f"{FORMAT_VERSION}; run `sbrjob export --force`")

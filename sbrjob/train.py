@@ -12,42 +12,44 @@ masks and negative samples are drawn for the global batch from (seed, step) and 
 equivalent single-replica run of an N-replica job is therefore the same config on one device:
 same global batch, same loss trajectory (up to float summation order).
 
+`fit` is the outer loop (orbit's Controller, nanoGPT's loop): it owns the checkpoints and
+metrics.json, and is handed its evaluators (`{"valid": fn, "test": fn}`, each `model -> metrics`)
+and `on_epoch_end` hooks (early stopping, tune's pruning) instead of importing any stage.
+
 Checkpoints (`output_dir/checkpoints/last`, every `train.checkpoint_every_steps` steps and at each
 epoch end, and `checkpoints/best` by `eval.metric` on valid) hold the model, optimizer slots, the
 position (epoch, block, step: which also fixes the sampler and dropout draws), the partial epoch
-sums, the per-epoch history and the hidden states gathered from all replicas. Re-running the same
-command resumes from `last` and ends with the same metrics as an uninterrupted run.
+sums, the per-epoch history and the hidden states gathered from all replicas. At an epoch end
+`best` is written before `last`, so a kill between the two leaves a `best` ahead of `last`, which
+the resumed run drops and rewrites; an unreadable newest checkpoint falls back to the previous
+one. Re-running the same command resumes from `last` and ends with the same metrics as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
-import os
-import platform
 import sys
 import time
-from importlib import metadata
-from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
 
-from sbrjob import storage
-from sbrjob.config import JobConfig, join, load_config, save_config
-from sbrjob.distribute import is_chief, make_strategy, task_id
+from sbrjob import runs, storage
+from sbrjob.config import JobConfig, join
+from sbrjob.distribute import is_chief, task_id
 from sbrjob.errors import SbrjobError
 from sbrjob.losses import NegativeSampler, step_lane_losses
 from sbrjob.model import GRU4Rec
 from sbrjob.optim import make_optimizer
-from sbrjob.shards import check_layout
+from sbrjob.shards import check_layout, distribute_blocks, read_manifest
 
 log = logging.getLogger("sbrjob.train")
 
-# train settings that may change between a run and its resumption without invalidating checkpoints
-_RESUMABLE_KEYS = ("epochs", "strategy", "jit_compile", "checkpoint_every_steps", "keep_checkpoints")
+Evaluator = Callable[[GRU4Rec], dict]  # model -> metrics of one split
+EpochHook = Callable[[int, dict], Union[bool, str, None]]  # (epoch, record) -> stop? (a str says why)
 
 
 class Trainer:
@@ -185,140 +187,127 @@ def _scalar(tag: str, value: float) -> None:
     tf.summary.write(tag, tf.constant(float(value), tf.float32), metadata=meta.SerializeToString())
 
 
-def code_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def run_fingerprint(cfg: JobConfig, manifest: dict) -> str:
-    """What a checkpoint depends on: model, the train settings that change the math, seed and the shards."""
-    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in _RESUMABLE_KEYS}
-    blob = json.dumps({"model": cfg.to_dict()["model"], "train": train, "seed": cfg.seed,
-                       "data": manifest.get("data_fingerprint"), "export": manifest.get("export_fingerprint")},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for pkg in ("sbrjob", "tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _device() -> dict:
-    gpus = tf.config.list_physical_devices("GPU")
-    names = []
-    for g in gpus:
-        try:
-            names.append(tf.config.experimental.get_device_details(g).get("device_name", g.name))
-        except (ValueError, RuntimeError):
-            names.append(g.name)
-    return {"host": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "gpus": names, "tpu": bool(tf.config.list_logical_devices("TPU"))}
-
-
-def _item_support(cfg: JobConfig, n_items: int) -> np.ndarray:
-    """Train events per item (the vocabulary's `support`), for the negative sampler and logQ."""
-    from sbrjob.prepare import item_support
-
-    support = item_support(cfg.data_dir)
-    if len(support) != n_items:
-        raise SbrjobError(f"{cfg.data_dir}: items.parquet has {len(support)} items, the shards {n_items}; "
-                          "run `sbrjob train --reexport`")
-    return support
-
-
-def _evaluate(model, split_dir: str, cfg: JobConfig) -> dict | None:
-    from sbrjob.evaluate import evaluate_model
-
-    return evaluate_model(model, split_dir, cfg)
-
-
-# ------------------------------------------------------------------ the job
-
-
 def configure_determinism(cfg: JobConfig) -> None:
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
 
 
-def train(cfg: JobConfig, reexport: bool = False) -> dict:
-    """Prepare/export if needed, train (resuming from the last checkpoint), evaluate; returns metrics.json's content."""
-    from sbrjob.export import ensure_exported, wait_for_export
+class Checkpoints:
+    """`last` and `best` of one run (a local mirror of gs://, synced after each save; marker last)."""
 
-    configure_determinism(cfg)
-    manifests = ensure_exported(cfg, force=reexport) if is_chief() else wait_for_export(cfg)
-    strategy, kind = make_strategy(cfg.train.strategy)
-    train_manifest = manifests["train"]
-    n_items = int(train_manifest["n_items"])
-    support = _item_support(cfg, n_items)
-    return fit(cfg, strategy, kind, join(cfg.shards_dir, "train"), n_items, support,
-               valid_dir=join(cfg.shards_dir, "valid"), test_dir=join(cfg.shards_dir, "test"))
+    def __init__(self, cfg: JobConfig, ckpt: tf.train.Checkpoint):
+        self.chief = is_chief()
+        self.remote = runs.Run(cfg.output_dir).checkpoint_dir
+        self.work = storage.work_dir(self.remote)  # every worker resumes from the chief's checkpoints
+        self.dir = self.work if self.chief else join(self.work, f".{task_id()}")  # others save scratch copies
+        self.last = tf.train.CheckpointManager(ckpt, join(self.dir, "last"), max_to_keep=cfg.train.keep_checkpoints)
+        # two kept: a kill between the best and the last save leaves a best ahead of last, dropped on resume
+        self.best = tf.train.CheckpointManager(ckpt, join(self.dir, "best"), max_to_keep=2)
+        self.ckpt = ckpt
+
+    def restore_latest(self) -> Optional[str]:
+        """Restore the newest readable `last` (older ones when it is truncated or corrupted) and drop
+        `best` checkpoints newer than it; None for a new run."""
+        latest = runs.newest_readable(join(self.work, "last"))
+        if latest is None:
+            return None
+        try:
+            self.ckpt.restore(latest).assert_existing_objects_matched()
+        except (tf.errors.OpError, ValueError, AssertionError) as err:
+            first = (str(err).strip().splitlines() or [""])[0][:160]
+            raise SbrjobError(f"{latest}: does not fit this model ({first}); use another output_dir or "
+                              "`sbrjob train --fresh`") from None
+        self._drop_best_after(runs._number(latest))
+        return latest
+
+    def _drop_best_after(self, step: int) -> None:
+        best_dir = join(self.dir, "best")
+        paths = runs.checkpoint_paths(best_dir)
+        keep = [p for p in paths if runs._number(p) <= step]
+        if len(keep) == len(paths):
+            return
+        for p in paths[len(keep):]:
+            log.info("dropping %s: saved after the last checkpoint (killed between the two saves)", p)
+            for f in tf.io.gfile.glob(p + ".*"):
+                tf.io.gfile.remove(f)
+        if keep:
+            tf.train.update_checkpoint_state(best_dir, keep[-1], all_model_checkpoint_paths=keep)
+        else:
+            tf.io.gfile.remove(join(best_dir, "checkpoint"))
+        self.best = tf.train.CheckpointManager(self.ckpt, best_dir, max_to_keep=2)
+        self._push("best")
+
+    def _push(self, which: str) -> None:
+        if self.chief:  # checkpoint marker file last: a killed upload leaves no trusted checkpoint
+            storage.sync_dir(join(self.dir, which), join(self.remote, which), last="checkpoint")
+
+    def save(self, which: str, step: int) -> None:
+        (self.last if which == "last" else self.best).save(checkpoint_number=step)
+        self._push(which)
+
+    def for_test(self) -> str:
+        last = runs.newest_readable(join(self.dir, "last"))
+        return runs.newest_readable(join(self.dir, "best"), at_most=runs._number(last)) or last
+
+    def close(self) -> None:
+        if not self.chief:
+            storage.remove_tree(self.dir)
 
 
-def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, support: np.ndarray,
-        valid_dir: str | None = None, test_dir: str | None = None, evaluate=_evaluate,
-        stop_after_blocks: int | None = None) -> dict:
-    """The training loop over exported train shards (usable without prepare: tests pass their own shards).
+def _hooks(on_epoch_end: Union[EpochHook, Sequence[EpochHook], None]) -> list[EpochHook]:
+    if on_epoch_end is None:
+        return []
+    return [on_epoch_end] if callable(on_epoch_end) else list(on_epoch_end)
 
-    `evaluate(model, split_dir, cfg) -> dict` gives validation/test metrics.
-    `stop_after_blocks` ends the process's work early (tests of resumption), as a kill would.
+
+def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, support: np.ndarray, *,
+        evaluators: Optional[dict[str, Evaluator]] = None,
+        on_epoch_end: Union[EpochHook, Sequence[EpochHook], None] = None) -> dict:
+    """Train on exported train shards until `train.epochs` (resuming from the last checkpoint) or a
+    hook stops it; returns metrics.json's content.
+
+    Args:
+      cfg: the job; `cfg.output_dir` receives checkpoints/, tensorboard/ and metrics.json.
+      strategy, kind: a tf.distribute strategy and its name (`distribute.make_strategy`).
+      train_dir: a split directory written by `export.write_split`.
+      n_items, support: vocabulary size and train events per item (sampler, logQ).
+      evaluators: `valid` runs after every epoch (its `eval.metric` picks `best`); `test` runs once
+        at the end on the best weights.
+      on_epoch_end: hooks `(epoch, record) -> stop?` after every epoch; a true value (or a string,
+        the reason) ends training there, and the run counts as complete.
     """
-    from sbrjob.shards import distribute_blocks, read_manifest
-
+    evaluators = evaluators or {}
+    hooks = _hooks(on_epoch_end)
     manifest = read_manifest(train_dir)
     chief = is_chief()
     trainer = Trainer(cfg, strategy, n_items, support, manifest["lanes"], manifest["block_steps"])
     progress = Progress(manifest["lanes"], list(cfg.model.layers))
-    ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer, progress=progress)
-    # gs:// outputs: TensorFlow writes into local mirrors that sync_dir pushes after every save
-    # (TF's own gs:// filesystem cannot be tested against an emulator). Locally both are no-ops.
-    ckpt_work = storage.work_dir(cfg.checkpoint_dir)
-    own_dir = ckpt_work if chief else join(ckpt_work, f".{task_id()}")
-    last = tf.train.CheckpointManager(ckpt, join(own_dir, "last"), max_to_keep=cfg.train.keep_checkpoints)
-    best = tf.train.CheckpointManager(ckpt, join(own_dir, "best"), max_to_keep=1)
-    fingerprint = run_fingerprint(cfg, manifest)
-    valid_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, beyond_accuracy=False))
-
-    latest = tf.train.latest_checkpoint(join(ckpt_work, "last"))
+    checkpoints = Checkpoints(cfg, tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+                                                       progress=progress))
+    fingerprint = runs.run_fingerprint(cfg, manifest)
+    latest = checkpoints.restore_latest()
     if latest:
-        ckpt.restore(latest).assert_existing_objects_matched()
         if progress.fingerprint.numpy().decode() != fingerprint:
-            raise SbrjobError(f"{cfg.checkpoint_dir}: checkpoints belong to a different model/train config or data; "
-                              "use another output_dir or delete the checkpoints directory")
-        if chief:
-            print(f"resuming from {latest} (epoch {int(progress.epoch) + 1}, block {int(progress.block)})",
-                  file=sys.stderr, flush=True)
+            raise SbrjobError(f"{checkpoints.remote}: checkpoints belong to a different model/train config or "
+                              "data; use another output_dir or `sbrjob train --fresh`")
+        log.info("resuming from %s (epoch %d, block %d)", latest, int(progress.epoch) + 1, int(progress.block))
     progress.fingerprint.assign(fingerprint)
-    if chief:
-        save_config(cfg, cfg.output_dir)
-    tb_dir = join(cfg.output_dir, "tensorboard")
+    tb_dir = runs.Run(cfg.output_dir).tensorboard_dir
     tb_work = storage.work_dir(tb_dir) if chief else None
     writer = tf.summary.create_file_writer(tb_work) if chief else None
-
-    def push(which: str) -> None:
-        if chief:  # checkpoint marker file last: a killed upload leaves no trusted checkpoint
-            storage.sync_dir(join(own_dir, which), join(cfg.checkpoint_dir, which), last="checkpoint")
+    report = runs.MetricsRecord(cfg, kind, strategy.num_replicas_in_sync, manifest)
 
     def save_last():
         for var, value in zip(progress.hidden, trainer.gather_state(state)):
             var.assign(value)
-        last.save(checkpoint_number=int(progress.step))
-        push("last")
+        checkpoints.save("last", int(progress.step))
 
-    report = _Report(cfg, kind, strategy.num_replicas_in_sync, manifest)
     state = trainer.distribute_state([h.value() for h in progress.hidden]) if int(progress.block) > 0 \
         else trainer.zero_state()
-    blocks_done_here = 0
     every = cfg.train.checkpoint_every_steps
     T = manifest["block_steps"]
-    while int(progress.epoch) < cfg.train.epochs:
+    history = json.loads(progress.history.numpy().decode())
+    while int(progress.epoch) < cfg.train.epochs and not (history and history[-1].get("stopped")):
         epoch = int(progress.epoch)
         bar = ProgressBar(manifest["blocks"], f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=chief)
         batches = iter(distribute_blocks(strategy, train_dir))
@@ -342,29 +331,29 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
                     _scalar("train/events_per_s", rate)
             if every and (step + T) // every > step // every:
                 save_last()
-            blocks_done_here += 1
-            if stop_after_blocks is not None and blocks_done_here >= stop_after_blocks:
-                return {}
         loss_sum, events = progress.sums.numpy()
         bar.update(int(progress.block), loss_sum / max(events, 1.0), events / max(float(progress.seconds), 1e-9),
                    final=True)
         record = {"epoch": epoch + 1, "train_loss": float(loss_sum / max(events, 1.0)), "train_events": int(events),
                   "train_seconds": round(float(progress.seconds), 3),
                   "train_events_per_s": round(float(events / max(float(progress.seconds), 1e-9)), 1)}
-        if valid_dir is not None:  # accuracy only: coverage/popularity (top-K lists) are for the test split
-            record["valid"] = evaluate(trainer.model, valid_dir, valid_cfg)
-        history = json.loads(progress.history.numpy().decode()) + [record]
-        improved = _is_best(history, cfg.eval.metric)
+        if "valid" in evaluators:
+            record["valid"] = evaluators["valid"](trainer.model)
+        history.append(record)
+        for hook in hooks:
+            stop = hook(epoch + 1, record)
+            if stop and epoch + 1 < cfg.train.epochs:
+                record["stopped"] = stop if isinstance(stop, str) else "on_epoch_end"
+                break
         progress.history.assign(json.dumps(history))
         progress.epoch.assign_add(1)
         progress.block.assign(0)
         progress.sums.assign(tf.zeros([2], tf.float64))
         progress.seconds.assign(0.0)
         state = trainer.zero_state()
+        if runs.is_best(history, cfg.eval.metric):  # best before last: see the module docstring
+            checkpoints.save("best", int(progress.step))
         save_last()
-        if improved:
-            best.save(checkpoint_number=int(progress.step))
-            push("best")
         if writer is not None:
             with writer.as_default(step=epoch + 1):
                 _scalar("epoch/train_loss", record["train_loss"])
@@ -378,98 +367,11 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
         if chief:
             report.write(history)
 
-    history = json.loads(progress.history.numpy().decode())
     test = None
-    if test_dir is not None:
-        best_path = tf.train.latest_checkpoint(join(own_dir, "best")) or tf.train.latest_checkpoint(join(own_dir, "last"))
+    if "test" in evaluators:
         eval_model = GRU4Rec(cfg.model, n_items, seed=cfg.seed)
-        tf.train.Checkpoint(model=eval_model).restore(best_path).expect_partial()
-        test = evaluate(eval_model, test_dir, cfg)
+        tf.train.Checkpoint(model=eval_model).restore(checkpoints.for_test()).expect_partial()
+        test = evaluators["test"](eval_model)
     metrics = report.write(history, test=test, done=True) if chief else report.build(history, test=test, done=True)
-    if not chief:
-        storage.remove_tree(own_dir)
+    checkpoints.close()
     return metrics
-
-
-def _metric_value(record: dict, metric: str) -> float | None:
-    valid = record.get("valid") or {}
-    value = valid.get(metric)
-    return None if value is None or not valid.get("events", 1) else float(value)
-
-
-def _is_best(history: list[dict], metric: str) -> bool:
-    """True when the newest epoch is the best so far by the validation metric (or there is no validation)."""
-    values = [_metric_value(r, metric) for r in history]
-    if values[-1] is None:
-        return True
-    return all(v is None or values[-1] > v for v in values[:-1])
-
-
-def best_epoch(history: list[dict], metric: str) -> int | None:
-    best, best_value = None, None
-    for r in history:
-        v = _metric_value(r, metric)
-        if v is None:
-            best = r["epoch"]
-        elif best_value is None or v > best_value:
-            best, best_value = r["epoch"], v
-    return best
-
-
-class _Report:
-    """metrics.json: rewritten whole (atomically) after every epoch and at the end."""
-
-    def __init__(self, cfg: JobConfig, kind: str, replicas: int, manifest: dict):
-        self.cfg, self.static = cfg, {
-            "name": cfg.name,
-            "config": cfg.to_dict(),
-            "fingerprints": {"data": manifest.get("data_fingerprint"), "export": manifest.get("export_fingerprint"),
-                             "code": code_fingerprint()},
-            "versions": _versions(),
-            "device": _device(),
-            "strategy": kind,
-            "replicas": replicas,
-            "train_shards": {k: manifest.get(k) for k in ("lanes", "block_steps", "blocks", "steps", "pairs", "padding")},
-        }
-
-    def build(self, history: list[dict], test: dict | None = None, done: bool = False) -> dict:
-        out = dict(self.static)
-        out["status"] = "done" if done else "training"
-        out["epochs"] = history
-        out["eval_metric"] = self.cfg.eval.metric
-        out["best_epoch"] = best_epoch(history, self.cfg.eval.metric)
-        out["test"] = test
-        return out
-
-    def write(self, history: list[dict], test: dict | None = None, done: bool = False) -> dict:
-        out = self.build(history, test, done)
-        storage.write_text(self.cfg.metrics_path, json.dumps(out, indent=2, default=float) + "\n")
-        return out
-
-
-# ------------------------------------------------------------------ loading a trained model
-
-
-def load_trained(run_dir: str, which: str = "best"):
-    """(cfg, model, items DataFrame) of a finished or running job; `which` = best, last or a checkpoint path."""
-    from sbrjob.prepare import load_items
-
-    cfg_path = join(run_dir, "config.yaml")
-    if not storage.exists(cfg_path):
-        raise SbrjobError(f"{cfg_path}: not found; is {run_dir} the output_dir of a `sbrjob train` run?")
-    cfg = load_config(cfg_path)
-    cfg.output_dir = run_dir
-    items = load_items(cfg.data_dir)
-    if which in ("best", "last"):
-        ckpt_root = storage.work_dir(cfg.checkpoint_dir)  # a local mirror when gs://
-        path = tf.train.latest_checkpoint(join(ckpt_root, which))
-        if path is None and which == "best":
-            path = tf.train.latest_checkpoint(join(ckpt_root, "last"))
-    else:
-        path = tf.train.latest_checkpoint(which) or which
-    if not path or not (storage.exists(path + ".index") if not storage.is_remote(path) else True):
-        raise SbrjobError(f"{run_dir}: no {which!r} checkpoint found; run `sbrjob train` first")
-    model = GRU4Rec(cfg.model, len(items), seed=cfg.seed)
-    status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
-    status.assert_existing_objects_matched()
-    return cfg, model, items

@@ -20,7 +20,6 @@ A search space maps dotted config keys to ranges; the value type comes from the 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import io
 import json
 import math
@@ -331,45 +330,28 @@ def _storage_url(tune_dir: str) -> tuple[str, Optional[Path]]:
 
 
 def _train_fn() -> Callable:
-    from sbrjob.train import train
+    """One trial: `stages.train_stage(tcfg, on_epoch_end=hook)`, returning metrics.json's content."""
+    from sbrjob.stages import train_stage
 
-    return train
-
-
-def _run_train(train_fn: Callable, tcfg: JobConfig, on_epoch_end: Callable) -> dict:
-    """Run one trial's training, calling `on_epoch_end(epoch, record) -> stop?` after every epoch.
-
-    When `train` takes an `on_epoch_end` keyword it is passed through. Otherwise the trial trains
-    one epoch more per call: `train` resumes from its last checkpoint (`train.epochs` may change
-    between runs), and the epoch records it wrote to metrics.json decide whether to go on.
-    """
-    try:
-        hooked = "on_epoch_end" in inspect.signature(train_fn).parameters
-    except (TypeError, ValueError):
-        hooked = False
-    if hooked:
-        return _metrics_of(train_fn(tcfg, on_epoch_end=on_epoch_end), tcfg)
-    seen, metrics = 0, {}
-    for upto in range(1, tcfg.train.epochs + 1):
-        staged = dataclasses.replace(tcfg, train=dataclasses.replace(tcfg.train, epochs=upto))
-        metrics = _metrics_of(train_fn(staged), tcfg)
-        for record in (metrics.get("epochs") or [])[seen:]:
-            seen += 1
-            if on_epoch_end(int(record.get("epoch", seen)), record):
-                return metrics
-    return metrics
-
-
-def _metrics_of(result: Any, tcfg: JobConfig) -> dict:
-    return result if isinstance(result, dict) and result else json.loads(storage.read_text(tcfg.metrics_path))
+    return lambda tcfg, on_epoch_end: train_stage(tcfg, on_epoch_end=on_epoch_end)[0]
 
 
 def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
-         train_fn: Optional[Callable] = None, echo: Callable[[str], None] = print) -> dict:
+         train_fn: Optional[Callable] = None, echo: Callable[[str], None] = print, break_lock: bool = False) -> dict:
     """Run (or resume) the search until `trials` trials have finished; write the reports.
 
-    Returns {"best": {...}, "finished": n, "leaderboard": rows, "files": {...}}.
+    Holds the lock of `cfg.output_dir` (one tune or train at a time); `train_fn(tcfg, on_epoch_end)`
+    replaces the real trial training in tests. Returns {"best", "finished", "leaderboard", "files"}.
     """
+    from sbrjob.runs import Run
+
+    with Run(cfg.output_dir).lock("tune", break_lock):
+        return _tune(cfg, trials, space, train_fn=train_fn, echo=echo)
+
+
+def _tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
+         train_fn: Optional[Callable] = None, echo: Callable[[str], None] = print) -> dict:
+    """The search itself (see `tune`)."""
     import optuna
 
     if trials < 1:
@@ -415,18 +397,18 @@ def tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
         echo(f"trial {trial.number:03d} starts: " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items()))
         stopped = []
 
-        def on_epoch_end(epoch: int, epoch_metrics: dict) -> bool:
+        def on_epoch_end(epoch: int, epoch_metrics: dict) -> Optional[str]:
             value = (epoch_metrics.get("valid") or epoch_metrics).get(metric)
             if value is None:
-                return False
+                return None
             trial.report(float(value), int(epoch))
             if epoch < tcfg.train.epochs and trial.should_prune():  # after the last epoch nothing is saved
                 stopped.append(epoch)
-                return True
-            return False
+                return f"pruned by tune after epoch {epoch}"
+            return None
 
         t0 = time.time()
-        metrics = _run_train(train_fn, tcfg, on_epoch_end)
+        metrics = train_fn(tcfg, on_epoch_end=on_epoch_end)
         _cache_shards(tcfg, cache)
         s = summarize_metrics(metrics, metric)
         trial.set_user_attr("valid", s["valid"])
@@ -511,9 +493,9 @@ def _retry_interrupted(study, rdb, echo) -> None:
 
 def _prepare_parent(cfg: JobConfig) -> None:
     """Prepare the data once in the parent run; trials link to it instead of preparing again."""
-    from sbrjob.prepare import ensure_prepared
+    from sbrjob.stages import prepare_stage
 
-    ensure_prepared(cfg)
+    prepare_stage(cfg)
 
 
 def _fmt(v: Any) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 from sbrjob import storage
 from sbrjob.config import JobConfig, join
 from sbrjob.errors import SbrjobError
-from sbrjob.tune import (Param, _field_type, _get, _kind, _run_train, _to_config_value, _train_fn, _with_values,
+from sbrjob.tune import (Param, _field_type, _get, _kind, _to_config_value, _train_fn, _with_values,
                          resolve_space, summarize_metrics, trial_config)
 
 HYPERTUNE_FILE = "/tmp/hypertune/output.metrics"  # where Vertex AI's trial agent reads metrics
@@ -208,7 +208,7 @@ def cloud_trial(argv: list[str], train_fn: Optional[Callable] = None) -> dict:
             report_hypertune(metric_id, value, epoch)
         return False  # the service stops trials itself
 
-    s = summarize_metrics(_run_train(train_fn or _train_fn(), tcfg, on_epoch_end), metric)
+    s = summarize_metrics((train_fn or _train_fn())(tcfg, on_epoch_end=on_epoch_end), metric)
     report_hypertune(metric_id, s["value"], (s["best_epoch"] or s["epochs"] or 0))
     return {"trial": trial_id, "output_dir": tcfg.output_dir, metric_id: s["value"]}
 

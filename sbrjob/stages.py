@@ -1,0 +1,291 @@
+"""The job as a small DAG: prepare -> export -> train -> evaluate / baselines.
+
+Stages do not call one another; each `*_stage` here says which outputs it needs and gets them
+through `ensure_prepared` / `ensure_exported`, which reuse what is current and write what is
+missing. A run with checkpoints is bound to its config and to the content of its inputs
+(`guard`): whatever would change its data or shards is refused with one line naming what
+differs, unless `fresh` moves the old run aside to `attic/` and starts anew.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from typing import Optional
+
+from sbrjob import runs, storage
+from sbrjob.config import JobConfig, join, save_config
+from sbrjob.distribute import is_chief
+from sbrjob.errors import SbrjobError
+from sbrjob.runs import SPLITS, Prepared, Run
+
+log = logging.getLogger("sbrjob.stages")
+
+
+# ---------------------------------------------------------------- the binding of a trained run
+
+
+def guard(run: Run, cfg: JobConfig, fresh: bool = False) -> Optional[str]:
+    """Refuse a config or input that differs from what the run's checkpoints were trained on.
+
+    With `fresh` the whole run (checkpoints included) is moved to `attic/<stamp>/` first; returns
+    that path. A run without checkpoints has nothing to protect: its outputs are simply rebuilt.
+    """
+    if fresh:
+        attic = run.move_aside()
+        if attic:
+            log.info("moved the previous outputs of %s to %s", run.dir, attic)
+        return attic
+    if not run.has_checkpoints():
+        return None
+    saved = run.saved_config()
+    changes = runs.config_changes(saved, cfg, ignore_eval=False) if saved is not None else []
+    manifest = runs.read_json_manifest(join(run.data_dir, "manifest.json"), "run `sbrjob train --fresh`")
+    if manifest is not None and manifest.get("inputs") is not None:
+        changes += runs.input_changes(manifest["inputs"], runs.input_identity(cfg, manifest["inputs"]))
+    if changes:
+        raise SbrjobError(f"{run.dir} holds a trained run with other settings: {'; '.join(changes)}. Use another "
+                          "output_dir, or --fresh to start this one anew (the old run is moved to attic/)")
+    return None
+
+
+def _trained_refusal(run: Run, what: str) -> SbrjobError:
+    return SbrjobError(f"{what} under the trained checkpoints of {run.dir}; its data and shards are not rewritten "
+                       "while checkpoints depend on them: use `--fresh` to start the run anew, or another output_dir")
+
+
+def ensure_prepared(run: Run, cfg: JobConfig, force: bool = False) -> Prepared:
+    """The run's prepared data, current for `cfg` and the inputs' content; prepares when missing or stale."""
+    from sbrjob.prepare import prepare
+
+    path = join(run.data_dir, "manifest.json")
+    try:
+        manifest = runs.read_json_manifest(path, "run `sbrjob prepare --force`")
+    except SbrjobError:
+        if run.has_checkpoints():
+            raise
+        manifest = None  # an untrained run: rebuilt below
+    inputs = runs.input_identity(cfg, (manifest or {}).get("inputs"))
+    if not force and runs.data_is_current(manifest, cfg, inputs):
+        return Prepared(run.data_dir, manifest)
+    if run.has_checkpoints() and (manifest is not None or force):
+        raise _trained_refusal(run, f"{run.data_dir}: {'--force' if force else 'prepared data is stale'}")
+    prepare(cfg, inputs)
+    return Prepared.open(run.data_dir)
+
+
+def ensure_exported(run: Run, cfg: JobConfig, data: Prepared, force: bool = False,
+                    splits: tuple[str, ...] = SPLITS) -> dict:
+    """Shard manifests of `splits`, current with the data and export settings; exports what is missing or stale."""
+    from sbrjob import export, shards
+
+    stale = [s for s in splits if force or not runs.shards_are_current(run.split_dir(s), data, cfg)]
+    if stale and run.has_checkpoints():
+        present = [s for s in stale if storage.exists(join(run.split_dir(s), shards.MANIFEST))]
+        if force or present:
+            raise _trained_refusal(run, f"{run.shards_dir}: {'--force' if force else 'stale shards of ' + ', '.join(present)}")
+    out = export.export(cfg, data, stale) if stale else {}
+    return {s: out[s] if s in out else shards.read_manifest(run.split_dir(s)) for s in splits}
+
+
+def wait_for_export(run: Run, cfg: JobConfig, timeout_s: float = 3600.0, poll_s: float = 2.0) -> tuple[Prepared, dict]:
+    """Workers other than the chief read the chief's data and shards and never write them (two
+    workers publishing the same split at once could interleave): waits until all are current."""
+    from sbrjob import shards
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(SbrjobError):
+            manifest = runs.read_json_manifest(join(run.data_dir, "manifest.json"), "")
+            if manifest is not None and runs.data_is_current(manifest, cfg, runs.input_identity(cfg, manifest["inputs"])):
+                data = Prepared(run.data_dir, manifest)
+                if all(runs.shards_are_current(run.split_dir(s), data, cfg) for s in SPLITS):
+                    return data, {s: shards.read_manifest(run.split_dir(s)) for s in SPLITS}
+        if time.monotonic() > deadline:
+            raise SbrjobError(f"{run.shards_dir}: the chief worker did not publish current shards within "
+                              f"{timeout_s:.0f} s; check the chief's log, or run `sbrjob export` before the job")
+        time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def prepare_stage(cfg: JobConfig, force: bool = False, fresh: bool = False) -> tuple[Prepared, bool]:
+    """`sbrjob prepare`: (the prepared data, whether it was written now)."""
+    run = Run(cfg.output_dir)
+    with run.lock("prepare"):
+        guard(run, cfg, fresh)
+        before = _digest(run)
+        data = ensure_prepared(run, cfg, force=force)
+        _save_untrained_config(run, cfg)
+        return data, data.digest != before or force
+
+
+def export_stage(cfg: JobConfig, force: bool = False, fresh: bool = False) -> dict:
+    """`sbrjob export`: shard manifests of every split (prepares first when needed)."""
+    run = Run(cfg.output_dir)
+    with run.lock("export"):
+        guard(run, cfg, fresh)
+        data = ensure_prepared(run, cfg)
+        manifests = ensure_exported(run, cfg, data, force=force)
+        _save_untrained_config(run, cfg)
+        return manifests
+
+
+def _digest(run: Run) -> Optional[str]:
+    with contextlib.suppress(SbrjobError):
+        return (runs.read_json_manifest(join(run.data_dir, "manifest.json"), "") or {}).get("digest")
+    return None
+
+
+def _save_untrained_config(run: Run, cfg: JobConfig) -> None:
+    if not run.has_checkpoints():
+        save_config(cfg, run.dir)
+
+
+def early_stopping(metric: str, patience: int):
+    """An `on_epoch_end` hook: stop after `patience` epochs without a better validation `metric`."""
+    history: list[float] = []
+
+    def hook(epoch: int, record: dict):
+        value = (record.get("valid") or {}).get(metric)
+        if value is None:
+            return None
+        history.append(float(value))
+        best_at = max(range(len(history)), key=history.__getitem__)
+        if len(history) - 1 - best_at >= patience:
+            return f"early stopping: no better valid {metric} for {patience} epoch(s)"
+        return None
+
+    return hook
+
+
+def _evaluators(run: Run, cfg: JobConfig, support) -> dict:
+    from sbrjob.evaluate import Evaluator
+
+    return {"valid": Evaluator(run.split_dir("valid"), cfg.eval, support, beyond_accuracy=False),
+            "test": Evaluator(run.split_dir("test"), cfg.eval, support)}
+
+
+def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, on_epoch_end=None,
+                break_lock: bool = False) -> tuple[dict, bool]:
+    """`sbrjob train`: (metrics.json's content, True when the run was already complete and nothing ran).
+
+    `on_epoch_end` hooks (tune's pruning) run after `train.patience`'s early stopping.
+    """
+    from sbrjob.distribute import make_strategy
+    from sbrjob.train import configure_determinism, fit
+
+    run = Run(cfg.output_dir)
+    chief = is_chief()
+    with run.lock("train", break_lock) if chief else contextlib.nullcontext():
+        if chief:
+            guard(run, cfg, fresh)
+            previous = run.metrics()
+            if not reexport and run.has_checkpoints() and runs.is_complete(previous, cfg):
+                return previous, True
+            data = ensure_prepared(run, cfg, force=reexport)
+            manifests = ensure_exported(run, cfg, data, force=reexport)
+            save_config(cfg, run.dir)
+        else:
+            data, manifests = wait_for_export(run, cfg)
+        configure_determinism(cfg)
+        strategy, kind = make_strategy(cfg.train.strategy)
+        n_items = int(manifests["train"]["n_items"])
+        support = data.item_support()
+        if len(support) != n_items:
+            raise SbrjobError(f"{data.data_dir}: items.parquet has {len(support)} items, the shards {n_items}; "
+                              "run `sbrjob train --fresh`")
+        hooks = ([early_stopping(cfg.eval.metric, cfg.train.patience)] if cfg.train.patience else [])
+        hooks += [on_epoch_end] if callable(on_epoch_end) else list(on_epoch_end or [])
+        metrics = fit(cfg, strategy, kind, run.split_dir("train"), n_items, support,
+                      evaluators=_evaluators(run, cfg, support), on_epoch_end=hooks)
+        return metrics, False
+
+
+# ---------------------------------------------------------------- using a run
+
+
+def open_run(run_dir: Optional[str] = None, cfg: Optional[JobConfig] = None) -> tuple[Run, JobConfig]:
+    """A run named by `--run DIR` or by a config's output_dir, with the run's own saved config.
+
+    A given config must agree with the run on everything but the eval section (which it supplies)
+    and the input paths (compared by content); otherwise it is refused, naming the keys.
+    """
+    if run_dir is None and cfg is None:
+        raise SbrjobError("name the run: --run DIR (a job's output_dir) or --config CONFIG")
+    run = Run(run_dir or cfg.output_dir)
+    saved = run.saved_config()
+    if saved is None:
+        raise SbrjobError(f"{run.config_path}: not found; is {run.dir} the output_dir of a `sbrjob train` run? "
+                          "(train it first, or give --run the right directory)")
+    if cfg is None:
+        return run, saved
+    changes = runs.config_changes(saved, cfg, ignore_eval=True)
+    paths = [k for k in runs.INPUT_KEYS if getattr(saved.data, k) != getattr(cfg.data, k)]
+    if paths:
+        manifest = Prepared.open(run.data_dir).manifest
+        try:
+            changes += runs.input_changes(manifest["inputs"], runs.input_identity(cfg, manifest["inputs"]))
+        except SbrjobError:
+            changes += [f"data.{k}: {getattr(saved.data, k)!r} -> {getattr(cfg.data, k)!r}" for k in paths]
+    if changes:
+        raise SbrjobError(f"{run.dir} was run with other settings than the given config: {'; '.join(changes)}. "
+                          f"Use `--run {run.dir}` alone (the run's own config), or another output_dir")
+    saved.eval = cfg.eval
+    return run, saved
+
+
+def evaluate_stage(run: Run, cfg: JobConfig, checkpoint: str = "best", split: str = "test") -> dict:
+    """`sbrjob evaluate`: a checkpoint of the run on one split; writes `eval_<split>.json`."""
+    from sbrjob.evaluate import evaluate_model
+
+    if split not in ("test", "valid"):
+        raise SbrjobError(f"--split {split!r}: use test or valid")
+    trained = runs.load_trained(run.dir, checkpoint)
+    data = Prepared.open(run.data_dir)
+    manifests = ensure_exported(run, trained.cfg, data, splits=("train", split))
+    want = runs.run_fingerprint(trained.cfg, manifests["train"])
+    if runs.stored_fingerprint(trained.checkpoint) not in (want, None):
+        raise SbrjobError(f"{trained.checkpoint}: trained on other data or shards than {run.dir} holds now; "
+                          "retrain with `sbrjob train --fresh`")
+    result = evaluate_model(trained.model, run.split_dir(split), cfg.eval, data.item_support())
+    result["checkpoint"] = checkpoint
+    storage.write_text(run.eval_path(split), json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _trained_test_metrics(run: Run) -> Optional[dict]:
+    for path in (run.eval_path("test"), run.metrics_path):
+        try:
+            data = json.loads(storage.read_text(path))
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+        test = data.get("test") if "test" in data else data if "events" in data else None
+        if isinstance(test, dict) and "events" in test:
+            return test
+    return None
+
+
+def baselines_stage(run: Run, cfg: JobConfig) -> dict:
+    """`sbrjob baselines`: most-popular, S-POP, item-kNN, V-SKNN on the run's test split; writes
+    baselines.json and comparison.md (with the trained GRU4Rec's test metrics when present)."""
+    from sbrjob.baselines import Sessions, comparison_table, run_baselines
+
+    with run.lock("baselines"):
+        guard(run, cfg)
+        data = ensure_prepared(run, cfg)
+        _save_untrained_config(run, cfg)
+        support = data.item_support()
+        results = run_baselines(cfg.eval, Sessions.from_frame(data.load_split("train")),
+                                Sessions.from_frame(data.load_split("test")), support)
+        storage.write_text(join(run.dir, "baselines.json"), json.dumps(results, indent=2) + "\n")
+        trained = _trained_test_metrics(run)
+        rows = {"gru4rec": trained, **results} if trained is not None else dict(results)
+        note = "" if trained else "\n(no trained GRU4Rec test metrics found in this run's output_dir yet)\n"
+        header = f"# {cfg.name}: test split, full ranking over {len(support)} items, ties {cfg.eval.ties}\n\n"
+        table = header + comparison_table(rows, cfg.eval.cutoffs) + note
+        storage.write_text(join(run.dir, "comparison.md"), table)
+        return {"baselines": results, "table": table}
