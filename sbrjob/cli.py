@@ -363,15 +363,50 @@ def show_config(config: ConfigOpt, set_: SetOpt = None) -> None:
     typer.echo(dump_config(_load(config, set_)), nl=False)
 
 
-def run() -> None:
+def run(hard_exit: bool = True) -> None:
+    """The console-script entry point: every failure is one `error:` line on stderr and a plain
+    exit code (2 bad input/config/environment, 1 a bug, with its traceback, 130 interrupted).
+
+    Failing exits flush stdout/stderr and leave through os._exit: interpreter shutdown after an
+    error could abort in pyarrow's thread pool (SIGABRT, exit 134; apache/arrow#34314) about one
+    run in ten. `hard_exit=False` raises SystemExit instead (for calling run() inside a process
+    that must survive, e.g. a test).
+    """
+    import traceback
+
+    code: int = 0
     try:
         app()
+    except SystemExit as exc:  # click/typer: --help, usage errors, typer.Exit(n)
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            typer.echo(str(exc.code), err=True)
+            code = 1
     except SbrjobError as err:
         typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        code = 130
+    except Exception as err:  # noqa: BLE001 - the last line of defence: one line for I/O, a traceback for bugs
+        from sbrjob.errors import io_error
+
+        known = io_error(err, doing="running", atomic=False)
+        if known is not None:
+            typer.echo(f"error: {known}", err=True)
+            code = 2
+        else:
+            traceback.print_exc()
+            code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe, a full disk: the exit code still counts
+            pass
+    if code and hard_exit:
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

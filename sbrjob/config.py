@@ -6,6 +6,7 @@ range checks in `validate()`, so a typo or a bad value fails early with the key 
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import hashlib
@@ -15,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
@@ -27,30 +28,41 @@ class DataConfig:
     # movielens: ratings.dat[.gz] (`::`) or ratings.csv; yoochoose: clicks.dat;
     # gru4rec: SessionId\tItemId\tTime TSV; table: CSV/TSV/Parquet with `columns`; sample: embedded synthetic.
     format: Literal["movielens", "yoochoose", "gru4rec", "table", "sample"] = "sample"
-    path: Optional[str] = None  # main input file (local path or gs://)
-    items_path: Optional[str] = None  # movies.dat: titles and genres for display
-    valid_path: Optional[str] = None  # gru4rec/table: an already-split validation file
-    test_path: Optional[str] = None  # gru4rec/table: an already-split test file
+    path: str | None = None  # main input file (local path or gs://)
+    items_path: str | None = None  # movies.dat: titles and genres for display
+    valid_path: str | None = None  # gru4rec/table: an already-split validation file
+    test_path: str | None = None  # gru4rec/table: an already-split test file
     # table format: which input column holds what (session or user, item, time; rating optional)
     columns: dict[str, str] = field(default_factory=dict)
-    separator: Optional[str] = None  # table format; None = by file extension
-    time_unit: Literal["s", "ms", "iso"] = "s"  # table format: how the time column is written
+    separator: str | None = None  # table format; None = by file extension
+    # how numeric times are written (movielens, gru4rec, table): epoch seconds, milli-, micro- or
+    # nanoseconds; iso = ISO-8601 text (table only; yoochoose is always ISO). Times must fall in
+    # 1970..2099 once converted: a column that only makes sense in another unit is reported as such.
+    time_unit: Literal["s", "ms", "us", "ns", "iso"] = "s"
     time_offset: float = 0.0  # seconds added to every timestamp (GRU4Rec TSV of YOOCHOOSE is CEST: 7200)
     on_bad_lines: Literal["error", "skip"] = "error"
+    # text encoding of delimited inputs (any Python codec name: utf-8, latin-1, cp1252...); bytes
+    # that are not valid in it are reported with their line. movies.dat is always read as Latin-1.
+    encoding: str = "utf-8"
 
 
 @dataclass
 class SessionsConfig:
     # User-keyed data (MovieLens): a new session starts after `gap` seconds without events;
     # null keeps each user's whole history as one session (the tutorial's choice).
-    gap: Optional[float] = None
-    min_rating: Optional[float] = None
+    gap: float | None = None
+    min_rating: float | None = None
+    # remove exact duplicates: the same session (or user), item and timestamp twice. They are always
+    # counted (stats.json `duplicates`) and warned about above 1% of events: left in, half of them
+    # become "the same item again" targets that inflate Recall/MRR. drop_repeats removes them too
+    # (every exact duplicate is a consecutive repeat) and also genuine repeats at other times.
+    drop_duplicates: bool = False
     drop_repeats: bool = False  # remove consecutive repeats of the same item within a session
 
 
 @dataclass
 class FilterConfig:
-    last_days: Optional[float] = None  # keep only the final N days of the log
+    last_days: float | None = None  # keep only the final N days of the log
     min_session_length: int = 2
     min_item_support: int = 5
 
@@ -203,6 +215,18 @@ def validate(cfg: JobConfig) -> None:
     _check(s.scheme != "given" or d.format in ("gru4rec", "table"), "split.scheme",
            "'given' needs data.format gru4rec or table with data.test_path")
     _check(s.scheme != "given" or bool(d.test_path), "data.test_path", "required by split.scheme 'given'")
+    for key in ("test_path", "valid_path"):
+        _check(s.scheme == "given" or not getattr(d, key), f"data.{key}",
+               f"is only read with split.scheme 'given', but split.scheme is {s.scheme!r} (the train file would be "
+               f"re-split and data.{key} ignored); set split.scheme: given, or remove data.{key}")
+    _check(d.time_unit != "iso" or d.format == "table", "data.time_unit",
+           "'iso' is only for data.format table (yoochoose times are always ISO-8601); use s, ms, us or ns")
+    _check(abs(d.time_offset) < 100 * 365.25 * 86400, "data.time_offset", "must be seconds within +-100 years")
+    try:
+        codecs.lookup(d.encoding)
+    except LookupError:
+        _check(False, "data.encoding", f"unknown encoding {d.encoding!r}; use a Python codec name such as "
+                                       "utf-8, latin-1 or cp1252")
     for key in ("batch_size", "block_steps", "shards", "eval_batch_size", "eval_shards"):
         _check(getattr(e, key) >= 1, f"export.{key}", "must be >= 1")
     _check(e.batch_size % e.shards == 0, "export.shards",
@@ -309,13 +333,55 @@ def _apply_override(raw: dict, assignment: str) -> None:
         raise SbrjobError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
     key, _, text = assignment.partition("=")
     parts = key.strip().split(".")
+    if not all(parts):
+        raise SbrjobError(f"--set {assignment!r}: {key.strip()!r} is not a key; use dotted names, "
+                          "e.g. --set train.lr=0.05")
     node = raw
     for p in parts[:-1]:
         nxt = node.setdefault(p, {})
         if not isinstance(nxt, dict):
             raise SbrjobError(f"--set {key}: {p!r} is not a section")
         node = nxt
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    try:
+        value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise SbrjobError(f"--set {assignment!r}: the value is not valid YAML ({_yaml_problem(err)}); "
+                          "write lists as [1, 2] and quote text with brackets or colons, e.g. "
+                          "--set 'name=\"a: b\"'") from None
+    node[parts[-1]] = value
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """The same key twice in one mapping (YAML forbids it; PyYAML would keep the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses duplicate keys at every level, naming both lines."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges are overridden on purpose
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # unhashable key: the base constructor reports it
+            continue
+        if first is not None:
+            raise DuplicateKeyError(
+                None, None, f"duplicate key {key!r} (first at line {first.line + 1}, again at line "
+                f"{key_node.start_mark.line + 1}); keep one of them", key_node.start_mark)
+        seen[key] = key_node.start_mark
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    return str(getattr(err, "problem", None) or err).splitlines()[0]
 
 
 # ---------------------------------------------------------------- loading
@@ -330,10 +396,18 @@ def _read_config_text(name: str) -> tuple[str, str]:
     from sbrjob import storage
 
     if storage.is_remote(name) or Path(name).exists():
+        if not storage.is_remote(name) and Path(name).is_dir():
+            raise SbrjobError(f"{name}: is a directory; --config takes a YAML file (e.g. {name}/config.yaml)")
         try:
-            return storage.read_text(name), name
+            data = storage.read_bytes(name)
         except OSError as err:
-            raise SbrjobError(f"{name}: cannot read config ({err})") from err
+            raise SbrjobError(f"{name}: cannot read config ({err.strerror or err})") from None
+        try:
+            return data.decode("utf-8").removeprefix("\ufeff"), name
+        except UnicodeDecodeError as err:
+            line = data[:err.start].count(b"\n") + 1
+            raise SbrjobError(f"{name} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
+                              "save the config as UTF-8") from None
     bare = name if name.endswith(".yaml") else f"{name}.yaml"
     if "/" not in name:
         packaged = resources.files("sbrjob.configs") / bare
@@ -356,11 +430,13 @@ def parse_config(raw: dict, where: str = "<config>") -> JobConfig:
 def parse_yaml(text: str, where: str) -> Any:
     """yaml.safe_load with a one-line error that names the file and line."""
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKeyError as err:
+        raise SbrjobError(f"{where}: {err.problem}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise SbrjobError(f"{where}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise SbrjobError(f"{where}{line}: not valid YAML ({_yaml_problem(err)})") from None
 
 
 def load_config(name: str, overrides: list[str] | None = None) -> JobConfig:

@@ -8,10 +8,13 @@ a staging directory and published whole, `manifest.json` last.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 import time as clock
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -27,6 +30,22 @@ from sbrjob.runs import PREPARED_FILES, SPLITS, data_manifest, input_identity
 from sbrjob.shards import file_sha256
 
 DAY = 86400.0
+DUPLICATES_WARN = 0.01  # warn when more than this fraction of the events are exact duplicates
+
+
+@dataclass
+class Lineage:
+    """Where each session came from, one entry per session: written as the `session_key` (and, for
+    user-keyed data, `user`) columns of every split, so a test session can be traced back."""
+
+    key: np.ndarray  # int64: the original session id (or user id); codes into key_ids for string ids
+    ordinal: np.ndarray | None  # int32: the n-th session of its user (user-keyed data), else None
+    key_ids: np.ndarray | None  # object array of the original string ids; None for integer ids
+    keyed_by: str  # "session" or "user"
+
+    def take(self, sessions: np.ndarray) -> Lineage:
+        return Lineage(self.key[sessions], None if self.ordinal is None else self.ordinal[sessions], self.key_ids,
+                       self.keyed_by)
 
 
 @dataclass
@@ -37,6 +56,7 @@ class Log:
     item: np.ndarray  # int32 codes into item_ids
     item_ids: np.ndarray  # object array of str
     time: np.ndarray  # float64
+    origin: Lineage | None = None  # per session: the original key
 
     def __len__(self) -> int:
         return len(self.session)
@@ -58,7 +78,8 @@ class Log:
     def keep(self, mask: np.ndarray) -> "Log":
         """The rows where mask is True, sessions renumbered densely (order kept)."""
         session = self.session[mask]
-        return Log(_renumber(session), self.item[mask], self.item_ids, self.time[mask])
+        origin = None if self.origin is None else self.origin.take(session[_run_starts(session)])
+        return Log(_renumber(session), self.item[mask], self.item_ids, self.time[mask], origin)
 
     def keep_sessions(self, session_mask: np.ndarray) -> "Log":
         return self.keep(session_mask[self.session])
@@ -92,7 +113,25 @@ def sessionize(ev: Events, gap: Optional[float]) -> Log:
         new[1:] |= np.diff(t) > gap
     session = np.cumsum(new, dtype=np.int32) - 1
     item, t = _order_ties(session, item, t)
-    return Log(session, item, ev.item_ids, t)
+    return Log(session, item, ev.item_ids, t, _lineage(key[new], ev))
+
+
+def _lineage(session_key: np.ndarray, ev: Events) -> Lineage:
+    """Per session its key; for user-keyed data also its ordinal among the user's sessions."""
+    ordinal = None
+    if ev.keyed_by == "user":
+        idx = np.arange(len(session_key))
+        first = _run_starts(session_key)  # sessions of one user are contiguous
+        ordinal = (idx - np.maximum.accumulate(np.where(first, idx, 0))).astype(np.int32)
+    return Lineage(session_key, ordinal, ev.key_ids, ev.keyed_by)
+
+
+def exact_duplicates(log: Log) -> np.ndarray:
+    """Rows that repeat the previous row exactly: same session (hence user), item and time. Rows
+    are sorted by (session, time, item), so every exact duplicate follows its original."""
+    dup = np.zeros(len(log), dtype=bool)
+    dup[1:] = (log.session[1:] == log.session[:-1]) & (log.time[1:] == log.time[:-1]) & (log.item[1:] == log.item[:-1])
+    return dup
 
 
 def _order_ties(session: np.ndarray, item: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +278,8 @@ def split_by(log: Log, which: np.ndarray) -> dict[str, Log]:
         s1 = s0 + int(n_sessions[code])
         r1 = r0 + int(new_lengths[s0:s1].sum())
         session = np.repeat(np.arange(s1 - s0, dtype=np.int32), new_lengths[s0:s1])
-        out[name] = Log(session, item[r0:r1], log.item_ids, t[r0:r1])
+        origin = None if log.origin is None else log.origin.take(order[s0:s1])
+        out[name] = Log(session, item[r0:r1], log.item_ids, t[r0:r1], origin)
         s0, r0 = s1, r1
     return out
 
@@ -253,7 +293,7 @@ def to_vocabulary(log: Log, vocab: pd.Index) -> tuple[Log, np.ndarray]:
     code_map = vocab.get_indexer(pd.Index(log.item_ids)).astype(np.int32)
     idx = code_map[log.item]
     known = idx >= 0
-    return Log(log.session, idx, np.asarray(vocab, dtype=object), log.time), known
+    return Log(log.session, idx, np.asarray(vocab, dtype=object), log.time, log.origin), known
 
 
 # ---------------------------------------------------------------- the stage
@@ -279,16 +319,31 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
                 raise SbrjobError(f"sessions.min_rating: {ev.sources[0]} has no ratings; set it to null")
             keep = ev.rating >= scfg.min_rating
             before = (len(pd.unique(ev.key)), len(pd.unique(ev.item)))  # sessions here: users or session ids
-            ev = Events(ev.key[keep], ev.item[keep], ev.item_ids, ev.time[keep], ev.rating[keep], ev.keyed_by,
-                        ev.bad_lines, ev.sources)
+            ev = dataclasses.replace(ev, key=ev.key[keep], item=ev.item[keep], time=ev.time[keep],
+                                     rating=ev.rating[keep])
             _add(removed.setdefault("min_rating", {}),
                  {"events": int((~keep).sum()), "sessions": before[0] - len(pd.unique(ev.key)),
                   "items": before[1] - len(pd.unique(ev.item))})
             if not len(ev):
                 raise SbrjobError(f"sessions.min_rating={scfg.min_rating} removed every event of {ev.sources[0]}; "
                                   "lower it or set it to null")
+        source = ev.sources[0] if ev.sources else str(path)
         log = sessionize(ev, scfg.gap)
         del ev
+        dup = exact_duplicates(log)
+        n_dup = int(dup.sum())
+        inputs["duplicates"] = inputs.get("duplicates", 0) + n_dup
+        if scfg.drop_duplicates and n_dup:
+            before = _counts(log)
+            log = log.keep(~dup)
+            _add(removed.setdefault("drop_duplicates", {}), _removed(before, _counts(log)))
+        elif n_dup > DUPLICATES_WARN * len(log) and not scfg.drop_repeats:
+            who = "session" if inputs["keyed_by"] == "session" else "user"
+            print(f"warning: {source}: {n_dup:,} of {len(log):,} events ({n_dup / len(log):.1%}) are exact duplicates "
+                  f"(same {who}, item and time); left in, they become 'the same item again' targets that inflate "
+                  "Recall/MRR: set sessions.drop_duplicates: true (stats.json counts them under 'duplicates')",
+                  file=sys.stderr, flush=True)
+        del dup
         if scfg.drop_repeats:
             before = _counts(log)
             log = drop_repeats(log)
@@ -330,7 +385,10 @@ def _split_stats(log: Log) -> dict:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):  # readers keep times in 1970..2099; time_offset may push
+        return repr(t)
 
 
 def _empty_split_error(cfg: JobConfig, split: str, stage: str) -> SbrjobError:
@@ -347,12 +405,50 @@ def _empty_split_error(cfg: JobConfig, split: str, stage: str) -> SbrjobError:
     return SbrjobError(f"the {split} split is empty: {why}")
 
 
+def _dictionary(codes: np.ndarray, values: np.ndarray) -> pa.DictionaryArray:
+    """Per row values[codes] as a dictionary column: read back as a pandas Categorical, not one
+    Python string per row."""
+    uniq, inverse = np.unique(codes, return_inverse=True)
+    return pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int32)),
+                                          pa.array(np.asarray(values, dtype=object)[uniq].tolist(), pa.string()))
+
+
+def lineage_columns(log: Log) -> dict[str, pa.Array]:
+    """`session_key`: the original session id (int64, or string for string ids); for user-keyed data
+    `"<user>#<n>"` (the user's n-th session, from 0, in time order) and `user`, the original user id."""
+    o = log.origin
+    if o is None:
+        return {}
+    rows = log.session
+    if o.keyed_by == "session":
+        if o.key_ids is None:
+            return {"session_key": pa.array(o.key[rows], pa.int64())}
+        return {"session_key": _dictionary(o.key[rows], o.key_ids)}
+    user_text = o.key.astype(str).astype(object) if o.key_ids is None else np.asarray(o.key_ids, dtype=object)[o.key]
+    names = pd.Series(user_text, dtype=object).str.cat(pd.Series(o.ordinal).astype(str), sep="#").to_numpy(object)
+    keys = pa.DictionaryArray.from_arrays(pa.array(rows, pa.int32()), pa.array(names.tolist(), pa.string()))
+    if o.key_ids is None:
+        user = pa.array(o.key[rows], pa.int64())
+    else:
+        user = _dictionary(o.key[rows], o.key_ids)
+    return {"session_key": keys, "user": user}
+
+
 def _write_split(path: str, log: Log) -> None:
-    table = pa.table({"session": pa.array(log.session, pa.int64()), "item": pa.array(log.item, pa.int32()),
-                      "time": pa.array(log.time, pa.float64())})
+    columns = {"session": pa.array(log.session, pa.int64()), "item": pa.array(log.item, pa.int32()),
+               "time": pa.array(log.time, pa.float64())}
+    lineage = lineage_columns(log)
+    if log.origin is None:  # an empty split made without lineage: the same columns as train, no rows
+        train = Path(path).with_name("train.parquet")
+        schema = pq.read_schema(train) if train.name != Path(path).name and train.exists() else None
+        lineage = {f.name: pa.array([], f.type) for f in schema if f.name not in columns} if schema else {}
+    table = pa.table({**columns, **lineage})
     # sorted session ids delta-encode to almost nothing; raw float times barely compress, so skip it
-    pq.write_table(table, path, use_dictionary=["item"], column_encoding={"session": "DELTA_BINARY_PACKED"},
-                   compression={"session": "none", "item": "snappy", "time": "none"})
+    pq.write_table(table, path, use_dictionary=["item", *(n for n, c in lineage.items()
+                                                          if pa.types.is_dictionary(c.type))],
+                   column_encoding={"session": "DELTA_BINARY_PACKED"},
+                   compression={"session": "none", "item": "snappy", "time": "none",
+                                **dict.fromkeys(lineage, "snappy")})
 
 
 def prepare(cfg: JobConfig, inputs_id: Optional[list[dict]] = None) -> dict:
@@ -395,6 +491,9 @@ def prepare(cfg: JobConfig, inputs_id: Optional[list[dict]] = None) -> dict:
     items = _items_table(cfg, vocab, support)
     stats = {split: _split_stats(out[split]) for split in SPLITS}
     stats.update(n_items=len(vocab), input=inputs, removed=removed, bad_lines=inputs["bad_lines"])
+    n_dup = inputs.get("duplicates", 0)
+    stats["duplicates"] = {"events": n_dup, "fraction": round(n_dup / max(inputs["rows"], 1), 6),
+                           "dropped": bool(n_dup) and (cfg.sessions.drop_duplicates or cfg.sessions.drop_repeats)}
 
     with storage.staging_dir(cfg.data_dir) as tmp:
         for split in SPLITS:

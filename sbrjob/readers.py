@@ -8,6 +8,11 @@ optional `rating`.
 Parsing is pyarrow.csv with explicit column types (multi-threaded, no Python per row). Only when
 that fails is the file scanned line by line, to name the offending line (`on_bad_lines: error`)
 or to drop and count the bad lines (`skip`). So the fast path stays fast and errors stay exact.
+
+What counts as bad: a wrong field count, a value of the wrong kind, bytes that are not valid in
+`data.encoding`, and a time outside 1970..2099 once converted with `data.time_unit` (a whole
+column that only fits another unit, e.g. milliseconds read as seconds, is reported as such).
+Unreadable files (a directory, a truncated or fake .gz) are one-line errors naming the config key.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ import math
 import os
 import re
 import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -35,7 +41,7 @@ import pyarrow.parquet as pq
 
 from sbrjob import storage
 from sbrjob.config import DataConfig
-from sbrjob.errors import SbrjobError
+from sbrjob.errors import SbrjobError, io_error
 
 
 @dataclass
@@ -46,17 +52,19 @@ class Events:
     item: np.ndarray  # int32 codes into item_ids
     item_ids: np.ndarray  # object array of str: the original item ids
     time: np.ndarray  # float64 epoch seconds, UTC
-    rating: Optional[np.ndarray]  # float32, or None when the format has no ratings
+    rating: np.ndarray | None  # float32, or None when the format has no ratings
     keyed_by: str  # "session" or "user"
     bad_lines: int = 0
     sources: list[str] = field(default_factory=list)
+    key_ids: np.ndarray | None = None  # string keys: object array of the originals (`key` codes into it)
 
     def __len__(self) -> int:
         return len(self.key)
 
     def frame(self) -> pd.DataFrame:
         """A DataFrame view (item as original-id strings); for inspection and tests."""
-        out = {"key": self.key, "item": self.item_ids[self.item], "time": self.time}
+        key = self.key if self.key_ids is None else self.key_ids[self.key]
+        out = {"key": key, "item": self.item_ids[self.item], "time": self.time}
         if self.rating is not None:
             out["rating"] = self.rating
         return pd.DataFrame(out)
@@ -85,6 +93,50 @@ _DESCRIBE = {
     "iso_naive": "an ISO-8601 time without zone, e.g. 2014-04-07 10:51:09",
     "empty": "empty",
 }
+
+
+# Times must fall in [1970-01-01, 2100-01-01) UTC once converted to seconds: anything else is a
+# typo, an overflow or the wrong unit (data.time_unit), and would break sorting, gaps and reports.
+T_MIN, T_MAX = 0.0, 4102444800.0
+YEARS = "1970..2099"
+SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds", "iso": "ISO-8601"}
+
+
+def _when(seconds: float) -> str:
+    """A date for a message, even far outside what datetime can show."""
+    if T_MIN - 1e11 < seconds < 2.5e11:
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d")
+        except (OverflowError, OSError, ValueError):
+            pass
+    return f"year {1970 + seconds / 31_556_952:.0f}"
+
+
+def _time_in_range(value: str, unit: str) -> bool:
+    """One time field (already of the right kind) within 1970..2099 in its unit."""
+    if unit == "iso":
+        year = int(value.strip()[:4])
+        return 1970 <= year <= 2099
+    v = float(value)
+    return T_MIN * SCALE[unit] <= v < T_MAX * SCALE[unit]
+
+
+def _unit_hint(name: str, raw: np.ndarray, unit: str) -> str | None:
+    """When most of a numeric time column is out of range but (nearly) all of it fits another unit:
+    the message saying so, else None (then single lines are to blame)."""
+    raw = raw[np.isfinite(raw)]
+    if unit not in SCALE or not len(raw):
+        return None
+    if ((raw >= T_MIN * SCALE[unit]) & (raw < T_MAX * SCALE[unit])).mean() >= 0.5:
+        return None
+    for other in SCALE:  # the coarsest unit that fits: 1e12 is ms (2001), not us (1970-01-12)
+        if other != unit and ((raw >= T_MIN * SCALE[other]) & (raw < T_MAX * SCALE[other])).mean() >= 0.99:
+            v = float(np.median(raw))
+            return (f"column {name!r} looks like {UNIT_NAMES[other]}, not {UNIT_NAMES[unit]}: e.g. {v:.0f} is "
+                    f"{_when(v / SCALE[unit])} as {UNIT_NAMES[unit]} but {_when(v / SCALE[other])} as "
+                    f"{UNIT_NAMES[other]}; set data.time_unit: {other} (--set data.time_unit={other})")
+    return None
 
 
 def _valid_iso(v: str, zoned: bool) -> bool:
@@ -128,14 +180,17 @@ class Layout:
 
     sep: str  # the real separator; a run of one character (MovieLens' `::`) is allowed
     kinds: dict[str, str]  # column name -> kind, for the columns we read
-    names: Optional[tuple[str, ...]] = None  # header-less files: all column names; None = header line
+    names: tuple[str, ...] | None = None  # header-less files: all column names; None = header line
     quoted: bool = False  # generic CSV may quote fields; the fixed formats never do
+    time: str | None = None  # the time column, range-checked in `time_unit`
+    time_unit: str = "s"  # s, ms, us, ns (numeric) or iso
+    encoding: str = "utf-8"
 
     @property
     def arrow_sep(self) -> str:
         return self.sep[0]
 
-    def arrow_names(self) -> Optional[list[str]]:
+    def arrow_names(self) -> list[str] | None:
         """Column names as pyarrow sees them: `a::b` is `a`, ``, `b` with delimiter `:`."""
         if self.names is None:
             return None
@@ -156,10 +211,35 @@ class Layout:
         return kinds
 
 
-def _open_lines(path: str) -> Iterator[bytes]:
+def _read_error(where: str, local: str, err: BaseException, key: str = "data.path") -> SbrjobError:
+    """A one-line error for a file that cannot be read: fake or truncated compression named as such."""
+    name = local.lower()
+    for suffix, magic, tool in ((".gz", b"\x1f\x8b", "gzip"), (".bz2", b"BZh", "bzip2")):
+        if not name.endswith(suffix):
+            continue
+        try:
+            with open(local, "rb") as fh:
+                head = fh.read(len(magic))
+        except OSError:
+            break
+        if head != magic:
+            return SbrjobError(f"{where}: not {tool} data although the name ends in {suffix} (it starts with "
+                               f"{head!r}); if it is plain text, rename it without {suffix} and set {key} to it")
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if isinstance(err, EOFError) or "runcated" in text or "ended before" in text:
+            return SbrjobError(f"{where}: truncated {tool} file (the compressed data ends early: an interrupted "
+                               "download or copy?); fetch the file again")
+        return SbrjobError(f"{where}: corrupt {tool} data ({text}); fetch the file again")
+    return io_error(err, where, doing="reading", atomic=False) or SbrjobError(f"{where}: cannot read ({err})")
+
+
+def _open_lines(path: str, where: str | None = None, key: str = "data.path") -> Iterator[bytes]:
     opener = gzip.open if path.endswith(".gz") else bz2.open if path.endswith(".bz2") else open
-    with opener(path, "rb") as fh:
-        yield from fh
+    try:
+        with opener(path, "rb") as fh:
+            yield from fh
+    except (OSError, EOFError, zlib.error) as err:
+        raise _read_error(where or path, path, err, key) from None
 
 
 def _split_line(text: str, layout: Layout) -> list[str]:
@@ -168,15 +248,31 @@ def _split_line(text: str, layout: Layout) -> list[str]:
     return text.split(layout.sep)
 
 
-def _scan(path: str, layout: Layout, stop_at_first: bool, keep: Optional[io.BufferedWriter]):
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes surrogateescape kept: not valid in the encoding
+
+
+def _field_problem(name: str, kind: str, value: str, layout: Layout) -> str | None:
+    bad_byte = _UNDECODABLE.search(value)
+    if bad_byte:
+        return (f"column {name!r} is not valid {layout.encoding} text (byte 0x{ord(bad_byte.group()) - 0xdc00:02x}); "
+                "set data.encoding to the file's encoding (e.g. latin-1 or cp1252)")
+    if not _VALID[kind](value):
+        return f"column {name!r} should be {_DESCRIBE[kind]}, got {value[:40]!r}"
+    if name == layout.time and not _time_in_range(value, layout.time_unit):
+        return (f"column {name!r} = {value.strip()[:40]!r} is outside {YEARS} as {UNIT_NAMES[layout.time_unit]} "
+                f"(data.time_unit: {layout.time_unit})")
+    return None
+
+
+def _scan(path: str, layout: Layout, stop_at_first: bool, keep: io.BufferedWriter | None, where: str = ""):
     """Check every line in Python. Returns (bad count, first (line, reason) or None, data lines).
 
     Writes the good lines (and the header) to `keep` when given. Only used when the fast parse failed.
     """
     names = list(layout.names) if layout.names else None
     bad, first, n_data = 0, None, 0
-    for line_no, raw in enumerate(_open_lines(path), start=1):
-        text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    for line_no, raw in enumerate(_open_lines(path, where or path), start=1):
+        text = raw.decode(layout.encoding, errors="surrogateescape").rstrip("\r\n")
         if names is None:  # header line
             names = _split_line(text.lstrip("\ufeff"), layout)
             if keep:
@@ -190,9 +286,8 @@ def _scan(path: str, layout: Layout, stop_at_first: bool, keep: Optional[io.Buff
             reason = f"expected {len(names)} fields separated by {layout.sep!r}, found {len(fields)}"
         else:
             for name, kind in layout.kinds.items():
-                value = fields[names.index(name)]
-                if not _VALID[kind](value):
-                    reason = f"column {name!r} should be {_DESCRIBE[kind]}, got {value[:40]!r}"
+                reason = _field_problem(name, kind, fields[names.index(name)], layout)
+                if reason:
                     break
         if reason is None:
             n_data += 1
@@ -232,7 +327,8 @@ def _arrow_read(path: str, layout: Layout, skip: bool) -> tuple[pa.Table, int]:
     kinds = layout.arrow_kinds()
     table = pacsv.read_csv(
         path,
-        read_options=pacsv.ReadOptions(column_names=layout.arrow_names(), block_size=1 << 24),
+        read_options=pacsv.ReadOptions(column_names=layout.arrow_names(), block_size=1 << 24,
+                                       encoding=layout.encoding),
         parse_options=pacsv.ParseOptions(delimiter=layout.arrow_sep, quote_char='"' if layout.quoted else False,
                                          invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(
@@ -243,52 +339,81 @@ def _arrow_read(path: str, layout: Layout, skip: bool) -> tuple[pa.Table, int]:
     return table, bad
 
 
-def _values_ok(table: pa.Table, layout: Layout) -> bool:
-    """What pyarrow accepts but we do not: NaN/inf numbers, empty strings, text between `:` and `:`."""
+def _values_ok(table: pa.Table, layout: Layout) -> tuple[bool, str | None]:
+    """What pyarrow accepts but we do not: NaN/inf numbers, empty strings, text between `:` and `:`,
+    times out of range. Returns (ok, message when a whole time column is in another unit)."""
     for name, kind in layout.arrow_kinds().items():
         col = table.column(name)
         if kind == "float" and len(col) and not pc.all(pc.is_finite(col)).as_py():
-            return False
+            return False, None
         if kind == "str" and len(col) and pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
-            return False
+            return False, None
         if kind == "empty" and len(col) and pc.max(pc.utf8_length(col)).as_py() != 0:
-            return False
-    return True
+            return False, None
+    if layout.time and table.num_rows:
+        col = table.column(layout.time)
+        if pa.types.is_timestamp(col.type):
+            lo, hi = T_MIN * 1e6, T_MAX * 1e6
+            col = pc.cast(col, pa.timestamp("us", tz=col.type.tz)).cast(pa.int64())
+        else:
+            lo, hi = T_MIN * SCALE[layout.time_unit], T_MAX * SCALE[layout.time_unit]
+        bounds = pc.min_max(col).as_py()
+        if bounds["min"] < lo or bounds["max"] >= hi:
+            if pa.types.is_floating(col.type) or pa.types.is_integer(col.type):
+                hint = _unit_hint(layout.time, _numpy(col, np.float64), layout.time_unit)
+                if hint and layout.kinds.get(layout.time) != "iso":
+                    return False, hint
+            return False, None
+    return True, None
 
 
-def read_delimited(path: str, layout: Layout, on_bad_lines: str = "error") -> tuple[pa.Table, int]:
+def read_delimited(path: str, layout: Layout, on_bad_lines: str = "error", key: str = "data.path"
+                   ) -> tuple[pa.Table, int]:
     """Read the `layout.kinds` columns of a delimited file. Returns (table, number of bad lines skipped)."""
-    local = _local_input(path)
+    local = _local_input(path, key)
     if os.path.getsize(local) == 0:
-        raise SbrjobError(f"{path}: empty input file; point data.path at the log file")
+        raise SbrjobError(f"{path}: empty input file; point {key} at the log file")
     skip = on_bad_lines == "skip"
     arrow_msg = ""
     try:
         table, bad = _arrow_read(local, layout, skip)
-        if _values_ok(table, layout):
+        ok, hint = _values_ok(table, layout)
+        if hint:  # a whole column in another unit: skipping lines would drop them all
+            raise SbrjobError(f"{path}: {hint}")
+        if ok:
             if table.num_rows == 0:
                 raise SbrjobError(f"{path}: no data lines (empty input{' after skipping bad lines' if bad else ''})")
             return table, bad
-    except pa.ArrowInvalid as err:
+        del table
+    except (pa.ArrowInvalid, UnicodeError) as err:
         arrow_msg = str(err).splitlines()[0]
+    except OSError as err:  # pyarrow: decompression failed, unreadable file
+        raise _read_error(path, local, err, key) from None
     # Slow path: find the bad lines in Python.
     if not skip:
-        _, first, n_data = _scan(local, layout, stop_at_first=True, keep=None)
+        _, first, n_data = _scan(local, layout, stop_at_first=True, keep=None, where=path)
         if first:
             raise SbrjobError(f"{path}, line {first[0]}: {first[1]}; fix the line or set "
                               "data.on_bad_lines: skip (--on-bad-lines skip) to drop such lines")
         if n_data == 0:
             raise SbrjobError(f"{path}: no data lines (empty input)")
         raise SbrjobError(f"{path}: cannot parse ({arrow_msg or 'unexpected values'})")
-    fd, tmp = tempfile.mkstemp(prefix="sbrjob-clean-", suffix=".txt")
     try:
-        with os.fdopen(fd, "wb") as keep:
-            bad, _, n_data = _scan(local, layout, stop_at_first=False, keep=keep)
+        fd, tmp = tempfile.mkstemp(prefix="sbrjob-clean-", suffix=".txt")
+    except OSError as err:
+        raise io_error(err, tempfile.gettempdir(), doing="writing the cleaned copy (set TMPDIR)",
+                       atomic=False) from None
+    try:
+        try:
+            with os.fdopen(fd, "wb") as keep:
+                bad, _, n_data = _scan(local, layout, stop_at_first=False, keep=keep, where=path)
+        except OSError as err:
+            raise io_error(err, tmp, doing="writing the cleaned copy (set TMPDIR)", atomic=False) from None
         if n_data == 0:
             raise SbrjobError(f"{path}: no valid data lines ({bad} bad lines skipped)")
         try:
             table, _ = _arrow_read(tmp, layout, skip=False)
-        except pa.ArrowInvalid as err:
+        except (pa.ArrowInvalid, UnicodeError) as err:
             raise SbrjobError(f"{path}: cannot parse even after skipping {bad} bad lines "
                               f"({str(err).splitlines()[0]})") from None
         return table, bad
@@ -296,24 +421,42 @@ def read_delimited(path: str, layout: Layout, on_bad_lines: str = "error") -> tu
         os.unlink(tmp)
 
 
-def _local_input(path: str) -> str:
-    if not storage.is_remote(path) and not Path(path).is_file():
-        raise SbrjobError(f"{path}: input file not found (cwd {os.getcwd()}); set data.path "
-                          "(or --set data.path=...) to the raw log")
+_WHAT = {"data.path": "the raw log", "data.valid_path": "the validation file", "data.test_path": "the test file",
+         "data.items_path": "the items file (e.g. movies.dat), or null to go without titles"}
+
+
+def _local_input(path: str, key: str = "data.path") -> str:
+    """A readable local file for `path` (gs:// objects are cached first); errors name `key`."""
+    if not storage.is_remote(path):
+        p = Path(path)
+        if p.is_dir():
+            try:
+                inside = sorted(c.name for c in p.iterdir() if c.is_file() and not c.name.startswith("."))
+            except OSError:
+                inside = []
+            some = f" (it holds {', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''})" if inside else ""
+            raise SbrjobError(f"{path}: is a directory, not a file{some}; set {key} to {_WHAT.get(key, 'a file')} "
+                              "inside it")
+        if not p.is_file():
+            raise SbrjobError(f"{path}: input file not found (cwd {os.getcwd()}); set {key} "
+                              f"(or --set {key}=...) to {_WHAT.get(key, 'the file')}")
+        if not os.access(p, os.R_OK):
+            raise SbrjobError(f"{path}: permission denied; make it readable or set {key} to a copy you can read")
+        return path
     return storage.local_copy(path)
 
 
-def _header(path: str) -> list[str]:
-    for raw in _open_lines(_local_input(path)):
-        return raw.decode("utf-8", errors="replace").lstrip("\ufeff").rstrip("\r\n").split("\t" if b"\t" in raw else ",")
-    raise SbrjobError(f"{path}: empty input file")
+def _header(path: str, encoding: str = "utf-8", key: str = "data.path") -> list[str]:
+    for raw in _open_lines(_local_input(path, key), path, key):
+        return raw.decode(encoding, errors="replace").lstrip("\ufeff").rstrip("\r\n").split("\t" if b"\t" in raw else ",")
+    raise SbrjobError(f"{path}: empty input file; point {key} at the log file")
 
 
-def _first_line(path: str) -> str:
-    for raw in _open_lines(_local_input(path)):
+def _first_line(path: str, encoding: str = "utf-8", key: str = "data.path") -> str:
+    for raw in _open_lines(_local_input(path, key), path, key):
         if raw.strip():
-            return raw.decode("utf-8", errors="replace").rstrip("\r\n")
-    raise SbrjobError(f"{path}: empty input file; point data.path at the log file")
+            return raw.decode(encoding, errors="replace").rstrip("\r\n")
+    raise SbrjobError(f"{path}: empty input file; point {key} at the log file")
 
 
 # ---------------------------------------------------------------- arrow columns -> numpy
@@ -346,12 +489,27 @@ def _seconds(col: pa.ChunkedArray, unit: str) -> np.ndarray:
     t = _numpy(col, np.float64)  # timestamps arrive as epoch microseconds
     if pa.types.is_timestamp(col.type):
         t /= 1e6
-    elif unit == "ms":
-        t /= 1000.0
+    elif SCALE.get(unit, 1.0) != 1.0:
+        t /= SCALE[unit]
     return t
 
 
-def _events(table: pa.Table, bad: int, source: str, key: str, item: str, time: str, rating: Optional[str],
+def _check_times(t: np.ndarray, source: str, name: str, unit: str) -> None:
+    """Every time (seconds, before data.time_offset) within 1970..2099. Delimited files were checked
+    line by line already; this names the row of a Parquet input."""
+    bad = ~((t >= T_MIN) & (t < T_MAX))  # NaN is bad too
+    if not bad.any():
+        return
+    scale = 1.0 if unit == "iso" else SCALE.get(unit, 1.0)
+    hint = _unit_hint(name, t * scale, unit)
+    if hint:
+        raise SbrjobError(f"{source}: {hint}")
+    row = int(np.flatnonzero(bad)[0])
+    raise SbrjobError(f"{source}, row {row + 1}: column {name!r} = {t[row] * scale!r} is outside {YEARS} as "
+                      f"{UNIT_NAMES.get(unit, unit)} (data.time_unit: {unit}); clean the file")
+
+
+def _events(table: pa.Table, bad: int, source: str, key: str, item: str, time: str, rating: str | None,
             keyed_by: str, time_unit: str = "s", offset: float = 0.0) -> Events:
     """Convert the parsed columns one at a time, dropping each from the table as soon as it is
     converted (the caller must not keep a reference): at 33M rows this halves the peak memory."""
@@ -363,61 +521,73 @@ def _events(table: pa.Table, bad: int, source: str, key: str, item: str, time: s
         return col
 
     col = take(key)
+    key_ids = None
     if pa.types.is_integer(col.type):
         k = _numpy(col, np.int64)
-    else:  # string keys: dense codes group the same way
-        k = _codes(col)[0].astype(np.int64)
+    else:  # string keys: dense codes group the same way; the originals are kept for lineage
+        k, key_ids = _codes(col)
+        k = k.astype(np.int64)
     del col
     codes, ids = _codes(take(item))
     t = _seconds(take(time), time_unit)
+    _check_times(t, source, time, time_unit)
     if offset:
         t += offset
     r = _numpy(take(rating).cast(pa.float32()), np.float32) if rating else None
     del table
     return Events(key=k, item=codes, item_ids=ids, time=t, rating=r, keyed_by=keyed_by, bad_lines=bad,
-                  sources=[source])
+                  sources=[source], key_ids=key_ids)
 
 
 # ---------------------------------------------------------------- the formats
 
 
-def read_movielens(path: str, cfg: DataConfig) -> Events:
+def _unit(cfg: DataConfig) -> str:
+    return cfg.time_unit if cfg.time_unit in SCALE else "s"
+
+
+def read_movielens(path: str, cfg: DataConfig, key: str = "data.path") -> Events:
     """ML-1M `UserID::MovieID::Rating::Timestamp` (.dat, .dat.gz) or ml-latest `ratings.csv` (header)."""
+    unit, enc = _unit(cfg), cfg.encoding
     if ".csv" in Path(path).name:
-        header = _header(path)
+        header = _header(path, enc, key)
         need = {"userId", "movieId", "rating", "timestamp"}
         if not need <= set(header):
             raise SbrjobError(f"{path}, line 1: expected a header with {sorted(need)}, got {header}")
-        layout = Layout(",", {"userId": "int", "movieId": "int", "rating": "float", "timestamp": "float"})
-        return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "userId", "movieId", "timestamp",
-                       "rating", "user", offset=cfg.time_offset)
+        layout = Layout(",", {"userId": "int", "movieId": "int", "rating": "float", "timestamp": "float"},
+                        time="timestamp", time_unit=unit, encoding=enc)
+        return _events(*read_delimited(path, layout, cfg.on_bad_lines, key), path, "userId", "movieId", "timestamp",
+                       "rating", "user", unit, cfg.time_offset)
     layout = Layout("::", {"user": "int", "item": "int", "rating": "float", "time": "float"},
-                    names=("user", "item", "rating", "time"))
-    return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "user", "item", "time", "rating", "user",
-                   offset=cfg.time_offset)
+                    names=("user", "item", "rating", "time"), time="time", time_unit=unit, encoding=enc)
+    return _events(*read_delimited(path, layout, cfg.on_bad_lines, key), path, "user", "item", "time", "rating",
+                   "user", unit, cfg.time_offset)
 
 
-def read_yoochoose(path: str, cfg: DataConfig) -> Events:
+def read_yoochoose(path: str, cfg: DataConfig, key: str = "data.path") -> Events:
     """YOOCHOOSE clicks/test: `SessionID,Timestamp,ItemID[,Category]`, ISO-8601 UTC with milliseconds."""
-    n_fields = len(_first_line(path).split(","))
+    n_fields = len(_first_line(path, cfg.encoding, key).split(","))
     if n_fields not in (3, 4):
         raise SbrjobError(f"{path}, line 1: expected SessionID,Timestamp,ItemID[,Category] "
                           f"(3 or 4 comma-separated fields), found {n_fields}")
     names = ("session", "time", "item", "category")[:n_fields]
-    layout = Layout(",", {"session": "int", "time": "iso", "item": "int"}, names=names)
-    return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "session", "item", "time", None,
-                   "session", offset=cfg.time_offset)
+    layout = Layout(",", {"session": "int", "time": "iso", "item": "int"}, names=names, time="time",
+                    time_unit="iso", encoding=cfg.encoding)
+    return _events(*read_delimited(path, layout, cfg.on_bad_lines, key), path, "session", "item", "time", None,
+                   "session", "iso", cfg.time_offset)
 
 
-def read_gru4rec(path: str, cfg: DataConfig) -> Events:
+def read_gru4rec(path: str, cfg: DataConfig, key: str = "data.path") -> Events:
     """GRU4Rec TSV: header `SessionId\\tItemId\\tTime` (any column order; extra columns ignored)."""
-    header = _header(path)
+    header = _header(path, cfg.encoding, key)
     need = ["SessionId", "ItemId", "Time"]
     if not set(need) <= set(header):
         raise SbrjobError(f"{path}, line 1: expected a tab-separated header with {need}, got {header}")
-    layout = Layout("\t", {"SessionId": "int", "ItemId": "int", "Time": "float"})
-    return _events(*read_delimited(path, layout, cfg.on_bad_lines), path, "SessionId", "ItemId", "Time", None,
-                   "session", offset=cfg.time_offset)
+    unit = _unit(cfg)
+    layout = Layout("\t", {"SessionId": "int", "ItemId": "int", "Time": "float"}, time="Time", time_unit=unit,
+                    encoding=cfg.encoding)
+    return _events(*read_delimited(path, layout, cfg.on_bad_lines, key), path, "SessionId", "ItemId", "Time", None,
+                   "session", unit, cfg.time_offset)
 
 
 def _table_separator(path: str, cfg: DataConfig) -> str:
@@ -427,7 +597,7 @@ def _table_separator(path: str, cfg: DataConfig) -> str:
     return "\t" if name.endswith((".tsv", ".tab", ".txt")) else ","
 
 
-def read_table(path: str, cfg: DataConfig) -> Events:
+def read_table(path: str, cfg: DataConfig, key_name: str = "data.path") -> Events:
     """Generic CSV/TSV (header line) or Parquet; `data.columns` maps roles to column names."""
     cols = cfg.columns
     keyed_by = "session" if "session" in cols else "user"
@@ -440,10 +610,10 @@ def read_table(path: str, cfg: DataConfig) -> Events:
     if "rating" in cols:
         wanted[cols["rating"]] = "float"
     if Path(path).name.lower().endswith((".parquet", ".pq")):
-        parsed = (_read_parquet(path, list(wanted)), 0)
+        parsed = (_read_parquet(path, list(wanted), key_name), 0)
     else:
         sep = _table_separator(path, cfg)
-        header = next(csv.reader([_first_line(path).lstrip("\ufeff")], delimiter=sep))
+        header = next(csv.reader([_first_line(path, cfg.encoding, key_name).lstrip("\ufeff")], delimiter=sep))
         missing = [c for c in wanted if c not in header]
         if missing:
             hint = "" if len(header) > 1 else f" (is data.separator {sep!r} right?)"
@@ -451,17 +621,18 @@ def read_table(path: str, cfg: DataConfig) -> Events:
         if cfg.time_unit == "iso":
             # zone or not is decided by the first data value; mixed files show up as bad lines
             idx = header.index(cols["time"])
-            for raw in itertools.islice(_open_lines(_local_input(path)), 1, 2):
-                first = next(csv.reader([raw.decode("utf-8", "replace").rstrip("\r\n")], delimiter=sep))
+            for raw in itertools.islice(_open_lines(_local_input(path, key_name), path, key_name), 1, 2):
+                first = next(csv.reader([raw.decode(cfg.encoding, "replace").rstrip("\r\n")], delimiter=sep))
                 if idx < len(first) and not _ZONE.search(first[idx].strip()):
                     wanted[cols["time"]] = "iso_naive"
-        parsed = read_delimited(path, Layout(sep, wanted, quoted=True), cfg.on_bad_lines)
+        layout = Layout(sep, wanted, quoted=True, time=cols["time"], time_unit=cfg.time_unit, encoding=cfg.encoding)
+        parsed = read_delimited(path, layout, cfg.on_bad_lines, key_name)
     return _events(*parsed, path, key, cols["item"], cols["time"], cols.get("rating"), keyed_by,
                    cfg.time_unit, cfg.time_offset)
 
 
-def _read_parquet(path: str, columns: list[str]) -> pa.Table:
-    local = _local_input(path)
+def _read_parquet(path: str, columns: list[str], key: str = "data.path") -> pa.Table:
+    local = _local_input(path, key)
     try:
         schema = pq.read_schema(local)
     except (pa.ArrowInvalid, OSError) as err:
@@ -469,7 +640,10 @@ def _read_parquet(path: str, columns: list[str]) -> pa.Table:
     missing = [c for c in columns if c not in schema.names]
     if missing:
         raise SbrjobError(f"{path}: column(s) {missing} from data.columns not in the file {schema.names}")
-    table = pq.read_table(local, columns=columns)
+    try:
+        table = pq.read_table(local, columns=columns)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise SbrjobError(f"{path}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
     if table.num_rows == 0:
         raise SbrjobError(f"{path}: no rows (empty input)")
     for c in columns:
@@ -493,15 +667,28 @@ def input_path(cfg: DataConfig) -> str:
     return str(cfg.path)
 
 
-def read_events(cfg: DataConfig, path: Optional[str] = None) -> Events:
+def _key_of(cfg: DataConfig, path: str | None) -> str:
+    """Which config key names `path` (for messages)."""
+    if path and path != cfg.path:
+        if path == cfg.test_path:
+            return "data.test_path"
+        if path == cfg.valid_path:
+            return "data.valid_path"
+    return "data.path"
+
+
+def read_events(cfg: DataConfig, path: str | None = None) -> Events:
     """Read one input file (default `data.path`) in the configured format."""
-    return _READERS[cfg.format](path or input_path(cfg), cfg)
+    key = _key_of(cfg, path)
+    path = path or input_path(cfg)
+    _local_input(path, key)  # a directory, a missing file: named with its key before any parsing
+    return _READERS[cfg.format](path, cfg, key)
 
 
 # ---------------------------------------------------------------- item metadata
 
 
-def read_items(cfg: DataConfig) -> Optional[pd.DataFrame]:
+def read_items(cfg: DataConfig) -> pd.DataFrame | None:
     """Titles and genres for display: `item_id`, `title`, `genres` (strings), or None when unknown."""
     path = cfg.items_path
     if cfg.format == "sample":
@@ -510,17 +697,25 @@ def read_items(cfg: DataConfig) -> Optional[pd.DataFrame]:
         path = str(Path(sample_dir()) / "movies.dat")
     if not path:
         return None
-    local = _local_input(path)
+    key = "data.items_path"
+    local = _local_input(path, key)
     if ".csv" in Path(path).name:  # ml-latest movies.csv: movieId,title,genres with quoted titles
-        df = pd.read_csv(local, dtype=str, keep_default_na=False)
+        try:
+            df = pd.read_csv(local, dtype=str, keep_default_na=False, encoding=cfg.encoding)
+        except UnicodeDecodeError as err:
+            raise SbrjobError(f"{path}: not valid {cfg.encoding} text ({err.reason} at byte {err.start}); "
+                              "set data.encoding to the file's encoding") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise SbrjobError(f"{path}: cannot parse as CSV ({str(err).splitlines()[0]}); "
+                              "set data.items_path to movies.csv, or null") from None
+        except (OSError, EOFError, zlib.error) as err:
+            raise _read_error(path, local, err, key) from None
         if not {"movieId", "title"} <= set(df.columns):
             raise SbrjobError(f"{path}, line 1: expected a header with movieId,title[,genres]")
-        genres = df["genres"] if "genres" in df else None
-        return pd.DataFrame({"item_id": df["movieId"], "title": df["title"],
-                             "genres": genres if genres is not None else None})
+        return pd.DataFrame({"item_id": df["movieId"], "title": df["title"], "genres": df.get("genres")})
     # movies.dat is Latin-1; titles may contain ':' but never '::'
     rows = []
-    for line_no, raw in enumerate(_open_lines(local), start=1):
+    for line_no, raw in enumerate(_open_lines(local, path, key), start=1):
         text = raw.decode("latin-1").rstrip("\r\n")
         if not text.strip():
             continue

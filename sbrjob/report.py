@@ -15,7 +15,9 @@ DAY = 86400.0
 
 def write_report(path: str, logs: dict, title: str = "") -> None:
     """`logs`: split name -> object with `session` (int64, 0..n-1) and `time` (epoch seconds) arrays."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state, faster import
+    from matplotlib.figure import (
+        Figure,  # no pyplot: no GUI backend, no global state, faster import
+    )
 
     fig = Figure(figsize=(12, 4.2))
     ax_len, ax_day = fig.subplots(1, 2)

@@ -14,16 +14,19 @@ pointed at an emulator.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
-from sbrjob.errors import SbrjobError
+from sbrjob.errors import SbrjobError, io_error
 
 GS = "gs://"
 _WORKERS = 8  # parallel object transfers: GCS latency, not bandwidth, dominates small files
@@ -165,8 +168,90 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
+# ---------------------------------------------------------------- write failures and debris
+#
+# Every local write goes to a temporary name first (`.NAME.<pid>-*.tmp` files, `.NAME.tmp-<pid>-*`
+# staging directories, `.NAME.old-<pid>` during a publish): readers never look at dot-names, and a
+# later write of the same NAME removes the ones whose process is gone (killed, disk full, power cut).
+# OSErrors become one-line SbrjobErrors naming the path and what the errno means (errors.io_error).
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid at all: leave it
+    return True
+
+
+_OLD_DEBRIS_S = 24 * 3600  # debris without a pid in its name (written before pids were added)
+
+
+def _debris_pid(entry_name: str, name: str) -> int | None | bool:
+    """For a temporary left by a write of `name`: its writer's pid, None when the name carries no
+    pid; False when the entry is not such a temporary at all."""
+    for prefix, pattern in ((f".{name}.tmp-", r"(\d+)-.*"), (f".{name}.old-", r"(\d+)"),
+                            (f".{name}.", r"(\d+)-.*\.(tmp|part)")):
+        if not entry_name.startswith(prefix):
+            continue
+        rest = entry_name[len(prefix):]
+        m = re.fullmatch(pattern, rest)
+        if m:
+            return int(m.group(1))
+        if prefix.endswith("tmp-") or (prefix == f".{name}." and rest.endswith(".tmp")):
+            return None  # an older temporary without pid
+        return False
+    return False
+
+
+def clean_stale(directory: str | os.PathLike, name: str) -> list[str]:
+    """Remove the temporaries that writes of `name` in `directory` left behind when their process
+    died (or, without a pid in their name, that are over a day old); returns their names. Local
+    paths only; failures to remove are ignored (the next run tries again)."""
+    root = Path(directory)
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        pid = _debris_pid(entry.name, name)
+        if pid is False:
+            continue
+        if pid is None:
+            try:
+                stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > _OLD_DEBRIS_S
+            except OSError:
+                continue
+        else:
+            stale = not _pid_alive(pid)
+        if not stale:
+            continue
+        path = root / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        removed.append(entry.name)
+    return removed
+
+
+def _unlink_quietly(path) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def write_bytes(path: str, data: bytes) -> None:
-    """Write a whole file atomically: temp name + rename locally; one object upload on GCS."""
+    """Write a whole file atomically: temp name + rename locally; one object upload on GCS.
+
+    A local write that fails (disk full, `ulimit -f`, read-only) leaves the old file as it was and
+    raises a one-line SbrjobError naming the path."""
     if is_remote(path):
         blob = _blob(path)
         try:
@@ -175,16 +260,20 @@ def write_bytes(path: str, data: bytes) -> None:
             raise _gcs_error(path, err) from err
         return
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = None
     try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(p.parent, p.name)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}-", suffix=".tmp", dir=p.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, p)
+    except OSError as err:
+        _unlink_quietly(tmp)
+        raise io_error(err, path) from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _unlink_quietly(tmp)
         raise
 
 
@@ -219,10 +308,18 @@ def put_file(local: str | os.PathLike, dest: str) -> None:
         _upload(Path(local), dest)
         return
     p = Path(dest)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    shutil.copyfile(local, tmp)
-    os.replace(tmp, p)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(p.parent, p.name)
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, p)
+    except OSError as err:
+        _unlink_quietly(tmp)
+        raise io_error(err, dest) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
 def content_id(path: str) -> dict:
@@ -247,13 +344,19 @@ def create_exclusive(path: str, text: str) -> bool:
     """Create `path` with `text` only if it does not exist (locally O_EXCL; on GCS a precondition
     `if_generation_match=0`); False when it already exists."""
     if not is_remote(path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        except OSError as err:
+            raise io_error(err, path) from None
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+        except OSError as err:  # created but not written: do not leave a half-written file behind
+            _unlink_quietly(path)
+            raise io_error(err, path) from None
         return True
     blob = _blob(path)
     try:
@@ -290,8 +393,11 @@ def list_files(prefix: str) -> list[str]:
 def move_tree(src: str, dest: str) -> None:
     """Move a directory (locally one rename; on GCS copy every object, then delete the source)."""
     if not is_remote(src):
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+        try:
+            Path(dest).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+        except OSError as err:
+            raise io_error(err, dest, doing=f"moving {src}", atomic=False) from None
         return
     base, target = src.rstrip("/"), dest.rstrip("/")
     blobs = _remote_blobs(src)
@@ -382,11 +488,19 @@ def publish_dir(local_dir: str | Path, dest: str, last: str | None = None) -> No
     local_dir = Path(local_dir)
     if not is_remote(dest):
         target = Path(dest)
-        target.parent.mkdir(parents=True, exist_ok=True)
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(local_dir, target)
+        moved = False
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                os.replace(target, old)
+                moved = True
+            os.replace(local_dir, target)
+        except OSError as err:
+            if moved and not target.exists():  # put the previous output back
+                with contextlib.suppress(OSError):
+                    os.replace(old, target)
+            raise io_error(err, dest, doing="publishing") from None
         shutil.rmtree(old, ignore_errors=True)
         return
     sync_dir(local_dir, dest, last=last)
@@ -397,17 +511,31 @@ def publish_dir(local_dir: str | Path, dest: str, last: str | None = None) -> No
 def staging_dir(dest: str) -> Iterator[Path]:
     """A local scratch directory for a stage's outputs; removed if the stage fails.
 
-    Locally it sits beside `dest` (same filesystem, so publishing is a rename).
+    Locally it sits beside `dest` (same filesystem, so publishing is a rename); staging left by
+    killed runs of the same `dest` is removed first. An OSError (or TensorFlow I/O error) while
+    the stage writes into it becomes a one-line SbrjobError naming `dest` and the errno.
     """
-    if is_remote(dest):
-        base = None
-    else:
-        base = Path(dest).parent
-        base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{Path(dest).name}.tmp-", dir=base))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the published directory is renamed as is
+    name = Path(dest).name
+    try:
+        if is_remote(dest):
+            base = None
+        else:
+            base = Path(dest).parent
+            base.mkdir(parents=True, exist_ok=True)
+            clean_stale(base, name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=base))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the published directory is renamed as is
+    except OSError as err:
+        raise io_error(err, dest, doing="creating the staging directory") from None
     try:
         yield tmp
+    except SbrjobError:
+        raise
+    except Exception as err:
+        converted = io_error(err, dest, doing=f"writing {dest}")
+        if converted is None:
+            raise
+        raise converted from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -415,9 +543,32 @@ def staging_dir(dest: str) -> Iterator[Path]:
 # ---------------------------------------------------------------- local mirrors for readers
 
 
+def default_cache_dir() -> Path:
+    """The per-user cache: $XDG_CACHE_HOME/sbrjob, or ~/.cache/sbrjob."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "sbrjob"
+
+
 def cache_root(cache_dir: str | None = None) -> Path:
-    """Where gs:// objects are mirrored: `cache_dir`, $SBRJOB_CACHE, or <tmp>/sbrjob-cache."""
-    return Path(cache_dir or os.environ.get("SBRJOB_CACHE") or Path(tempfile.gettempdir()) / "sbrjob-cache")
+    """Where gs:// objects are mirrored: `cache_dir`, $SBRJOB_CACHE, or the per-user
+    `default_cache_dir()`. A directory created here is 0700; the default one must belong to the
+    user (a shared, predictable path could be planted by someone else) and is kept 0700."""
+    explicit = cache_dir or os.environ.get("SBRJOB_CACHE")
+    root = Path(explicit) if explicit else default_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = root.stat()
+        if not explicit:
+            if hasattr(os, "getuid") and st.st_uid != os.getuid():
+                raise SbrjobError(f"{root}: the gs:// cache directory belongs to another user; "
+                                  "set SBRJOB_CACHE to a directory of your own")
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(root, 0o700)
+    except OSError as err:
+        raise io_error(err, root, doing="creating the gs:// cache (SBRJOB_CACHE chooses another directory)",
+                       atomic=False) from None
+    return root
 
 
 def _mirror_path(url: str, cache_dir: str | None) -> Path:
@@ -425,25 +576,76 @@ def _mirror_path(url: str, cache_dir: str | None) -> Path:
     return cache_root(cache_dir) / bucket / key
 
 
-def _fetch(blob, url: str, local: Path) -> None:
-    """Download `blob` to `local` unless the cached copy is this very generation."""
-    stamp = local.with_name(f".{local.name}.generation")
-    version = f"{blob.generation}:{blob.size}"  # read now: a download may reset blob's properties
-    if local.is_file() and stamp.is_file() and stamp.read_text() == version:
-        return
-    local.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.part")
+def _stamp_path(local: Path) -> Path:
+    return local.with_name(f".{local.name}.generation")
+
+
+def _object_id(blob) -> dict:
+    return {"generation": str(blob.generation), "size": blob.size, "crc32c": blob.crc32c}
+
+
+def _write_stamp(local: Path, object_id: dict) -> None:
+    st = local.stat()
+    stamp = _stamp_path(local)
+    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}-{threading.get_ident()}.part")
+    tmp.write_text(json.dumps({"object": object_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    os.replace(tmp, stamp)
+
+
+def _cached_copy_ok(blob, local: Path) -> bool:
+    """Whether `local` holds this very object: its stamp names the same generation and CRC32C and
+    the file is unchanged since (size, mtime); else the CRC32C of the file itself decides."""
+    want = _object_id(blob)
     try:
-        # pinned to the listed generation; the client verifies the checksum of what it got
-        blob.download_to_filename(str(tmp), if_generation_match=blob.generation)
-        os.replace(tmp, local)
-        stamp.write_text(version)
-    except Exception as err:
+        st = local.stat()
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != blob.size:
+        return False
+    try:
+        saved = json.loads(_stamp_path(local).read_text())
+    except (OSError, ValueError):
+        saved = None
+    if (isinstance(saved, dict) and saved.get("object") == want and saved.get("size") == st.st_size
+            and saved.get("mtime_ns") == st.st_mtime_ns):
+        return True
+    if blob.crc32c is None or _crc32c(local) != blob.crc32c:
+        return False
+    _write_stamp(local, want)  # same content (e.g. touched, or a new generation of the same bytes)
+    return True
+
+
+def _fetch(blob, url: str, local: Path) -> None:
+    """Download `blob` to `local` unless the cached copy is verifiably this object (generation
+    and CRC32C); a download is checked against the object's CRC32C before it replaces anything."""
+    object_id = _object_id(blob)  # read now: a download may reset blob's properties
+    tmp = local.with_name(f".{local.name}.{os.getpid()}-{threading.get_ident()}.part")
+    try:
+        if _cached_copy_ok(blob, local):
+            return
+        local.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(local.parent, local.name)
+        try:
+            # pinned to the listed generation; the client verifies the checksum of what it got
+            blob.download_to_filename(str(tmp), if_generation_match=blob.generation)
+        except Exception as err:
+            if isinstance(err, OSError) and err.errno is not None:
+                raise  # a local write failed (disk full...): reported below
+            _unlink_quietly(tmp)
+            if _is_not_found(err):
+                raise SbrjobError(f"{url}: file not found") from None
+            raise _gcs_error(url, err) from err
+        if object_id["crc32c"] is not None and _crc32c(tmp) != object_id["crc32c"]:
+            _unlink_quietly(tmp)
+            raise SbrjobError(f"{url}: the downloaded copy does not match the object's CRC32C; "
+                              "nothing was cached, run again")
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        if _is_not_found(err):
-            raise SbrjobError(f"{url}: file not found") from None
-        raise _gcs_error(url, err) from err
+            _stamp_path(local).unlink()  # no stamp while the file changes
+        os.replace(tmp, local)
+        _write_stamp(local, object_id)
+    except OSError as err:
+        _unlink_quietly(tmp)
+        raise io_error(err, local, doing=f"caching {url} (SBRJOB_CACHE chooses another directory)") from None
 
 
 def local_copy(path: str, cache_dir: str | None = None) -> str:
@@ -483,7 +685,7 @@ def local_dir_copy(prefix: str, cache_dir: str | None = None, missing_ok: bool =
         if p.is_file() and not p.name.startswith(".") and rel not in blobs:
             p.unlink()
             with contextlib.suppress(FileNotFoundError):
-                p.with_name(f".{p.name}.generation").unlink()
+                _stamp_path(p).unlink()
     return str(root)
 
 
