@@ -477,11 +477,13 @@ def find_checkpoint(run: Run, which: str = "best") -> str:
             raise SbrjobError(f"--checkpoint {which}: no checkpoint there; use best, last or a ckpt-N prefix")
         return path
     last = newest_readable(join(root, "last"))
-    if which == "last" or last is None:
+    if which == "last":
         if last is None:
-            raise SbrjobError(f"{run.dir}: no readable checkpoint; run `sbrjob train` first")
+            raise SbrjobError(f"{run.dir}: no readable 'last' checkpoint; run `sbrjob train` first")
         return last
-    best = newest_readable(join(root, "best"), at_most=_number(last))
+    best = newest_readable(join(root, "best"), at_most=None if last is None else _number(last))
+    if best is None and last is None:
+        raise SbrjobError(f"{run.dir}: no readable checkpoint; run `sbrjob train` first")
     return best or last
 
 

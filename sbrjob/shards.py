@@ -123,9 +123,6 @@ def read_manifest(split_dir: str) -> dict:
         raise SbrjobError(f"{path}: manifest is not valid JSON ({err}); run `sbrjob export --force`") from None
     if not isinstance(manifest, dict):
         raise SbrjobError(f"{path}: manifest is not a JSON object; run `sbrjob export --force`")
-    if manifest.get("digest") != manifest_digest(manifest):
-        raise SbrjobError(f"{path}: manifest was edited after export (or written by an older sbrjob): its digest "
-                          "does not match; run `sbrjob export --force`")
     if manifest.get("version") != FORMAT_VERSION:
         raise SbrjobError(f"{path}: shard format version {manifest.get('version')!r}, this sbrjob reads "
                           f"{FORMAT_VERSION}; run `sbrjob export --force`")
@@ -136,6 +133,9 @@ def read_manifest(split_dir: str) -> dict:
     if sorted(manifest["files"]) != names:
         raise SbrjobError(f"{path}: manifest lists shards {sorted(manifest['files'])}, expected {names}; "
                           "run `sbrjob export --force`")
+    if manifest.get("digest") != manifest_digest(manifest):
+        raise SbrjobError(f"{path}: manifest was edited after export (or written by an older sbrjob): its digest "
+                          "does not match; run `sbrjob export --force`")
     return manifest
 
 

@@ -43,3 +43,28 @@ def _two_logical_cpus() -> None:
 
 
 _two_logical_cpus()
+
+
+def load_split(data_dir, split: str):
+    """One prepared split, read (and checksum-verified) the way every stage reads it."""
+    from sbrjob.runs import Prepared
+
+    return Prepared.open(str(data_dir)).load_split(split)
+
+
+def load_items(data_dir):
+    from sbrjob.runs import Prepared
+
+    return Prepared.open(str(data_dir)).load_items()
+
+
+def split_evaluators(cfg, valid_dir=None, test_dir=None) -> dict:
+    """The evaluators `stages.train_stage` hands to `train.fit`: accuracy-only valid, full test."""
+    from sbrjob.evaluate import Evaluator
+
+    out = {}
+    if valid_dir is not None:
+        out["valid"] = Evaluator(str(valid_dir), cfg.eval, beyond_accuracy=False)
+    if test_dir is not None:
+        out["test"] = Evaluator(str(test_dir), cfg.eval)
+    return out

@@ -12,7 +12,9 @@ from sbrjob import cli
 from sbrjob.cli import app
 from sbrjob.config import config_from_dict, load_config
 from sbrjob.errors import SbrjobError
-from sbrjob.prepare import ensure_prepared, load_items, load_split, prepare
+from sbrjob.prepare import prepare
+
+from conftest import load_items, load_split
 
 DAY = 86400
 
@@ -170,7 +172,11 @@ def test_outputs_follow_the_contract(tmp_path):
          "config.yaml", "manifest.json"])
     assert (d / "data_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = json.loads((d / "manifest.json").read_text())
-    assert manifest["fingerprint"] == cfg.section_fingerprint("data", "sessions", "filter", "split")
+    from sbrjob import runs
+
+    assert manifest["fingerprint"] == runs.data_fingerprint(cfg)
+    assert manifest["files"] == {n: runs._sha256_file(str(d / n)) for n in runs.PREPARED_FILES}
+    assert [r["key"] for r in manifest["inputs"]] == ["data.path", "data.items_path"]
     items = load_items(str(d))
     assert manifest["n_items"] == len(items) == stats["n_items"]
     assert items["index"].dtype == np.int32 and items["index"].tolist() == list(range(len(items)))
@@ -178,8 +184,13 @@ def test_outputs_follow_the_contract(tmp_path):
     assert items["support"].sum() == stats["train"]["events"]
     for split in ("train", "valid", "test"):
         df = load_split(str(d), split)
-        assert [str(t) for t in df.dtypes] == ["int64", "int32", "float64"]
-        assert list(df.columns) == ["session", "item", "time"]
+        assert [str(t) for t in df.dtypes] == ["int64", "int32", "float64", "category", "int64"]
+        # lineage: the user-keyed sample keeps its user and "<user>#<n>" for the n-th session of that user
+        assert list(df.columns) == ["session", "item", "time", "session_key", "user"]
+        keys = df.groupby("session")[["session_key", "user"]].nunique()
+        assert (keys == 1).all().all()  # one key and one user per session, and vice versa:
+        assert df.groupby("session_key", observed=True)["session"].nunique().max() == 1
+        assert (df["session_key"].astype(str) == df["user"].astype(str) + "#0").all()  # gap: null
         assert df.equals(df.sort_values(["session", "time", "item"], kind="stable").reset_index(drop=True))
         sess = df["session"].to_numpy()
         assert sess.min() == 0 and np.array_equal(np.unique(sess), np.arange(sess.max() + 1))
@@ -201,20 +212,6 @@ def test_same_config_gives_identical_files(tmp_path):
         prepare(cfg)
         outs.append([(tmp_path / run / "data" / f).read_bytes() for f in ("train.parquet", "test.parquet", "items.parquet")])
     assert outs[0] == outs[1]
-
-
-def test_ensure_prepared_reuses_and_reruns_when_stale(tmp_path):
-    cfg = load_config("tiny", [f"output_dir={tmp_path / 'run'}"])
-    data_dir = ensure_prepared(cfg)
-    manifest = tmp_path / "run" / "data" / "manifest.json"
-    stamp = manifest.stat().st_mtime_ns
-    assert ensure_prepared(cfg) == data_dir and manifest.stat().st_mtime_ns == stamp
-    changed = load_config("tiny", [f"output_dir={tmp_path / 'run'}", "filter.min_item_support=3"])
-    ensure_prepared(changed)
-    assert json.loads(manifest.read_text())["fingerprint"] == changed.section_fingerprint("data", "sessions", "filter", "split")
-    stamp = manifest.stat().st_mtime_ns
-    ensure_prepared(changed, force=True)
-    assert manifest.stat().st_mtime_ns != stamp
 
 
 def test_failed_run_keeps_previous_output_and_leaves_no_debris(tmp_path):
@@ -270,7 +267,7 @@ def test_cli_bad_line_exits_2_with_file_and_line_and_skip_counts(tmp_path, monke
             "--set", "filter.min_item_support=1", "--set", "split.valid_days=0"]
     monkeypatch.setattr("sys.argv", ["sbrjob", *args])
     with pytest.raises(SystemExit) as exit_:
-        cli.run()  # the console-script entry point
+        cli.run(hard_exit=False)  # the console-script entry point (in a subprocess it leaves via os._exit)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {path}, line 3: expected 4 fields separated by ',', found 1") and err.count("\n") == 1
@@ -365,3 +362,97 @@ def test_yoochoose_default_config_valid_split(tmp_path):
     ends = {s: df.groupby("session")["time"].max() for s, df in splits.items()}
     assert ends["train"].max() < ends["valid"].min() and ends["valid"].max() < ends["test"].min()
     assert min(stats[s]["sessions"] for s in ("train", "valid", "test")) > 3000
+
+
+# ---------------------------------------------------------------- lineage and duplicates
+
+
+def assert_no_key_in_two_splits(data_dir):
+    """Every split carries the original key; a session has one key and no key is in two splits."""
+    seen = {}
+    for split in ("train", "valid", "test"):
+        df = load_split(data_dir, split)
+        assert "session_key" in df.columns, df.columns
+        keys = df["session_key"].astype(str)
+        per_session = keys.groupby(df["session"]).nunique()
+        assert (per_session == 1).all()
+        assert keys.groupby(keys).size().index.size == df["session"].nunique()  # and one session per key
+        for other, known in seen.items():
+            both = known & set(keys)
+            assert not both, f"{len(both)} keys in both {other} and {split}, e.g. {sorted(both)[:3]}"
+        seen[split] = set(keys)
+    return seen
+
+
+def test_lineage_movielens_shared_data_traces_sessions_back_to_users(tmp_path):
+    base = shared_path("ml-1m")
+    cfg = load_config("movielens", [f"data.path={base / 'ratings.dat.gz'}", f"data.items_path={base / 'movies.dat'}",
+                                    f"output_dir={tmp_path / 'ml'}", "sessions.gap=3600"])
+    prepare(cfg)
+    assert_no_key_in_two_splits(cfg.data_dir)
+    raw = pd.read_csv(base / "ratings.dat.gz", sep="::", engine="python", names=["user", "item", "rating", "time"])
+    items = load_items(cfg.data_dir)["item_id"].to_numpy()
+    test = load_split(cfg.data_dir, "test")
+    assert test["user"].dtype == np.int64
+    # with gap 3600 a user has several sessions, possibly in several splits: the key tells them apart
+    users = {s: set(load_split(cfg.data_dir, s)["user"]) for s in ("train", "test")}
+    assert users["train"] & users["test"]
+    for _, session in list(test.groupby("session"))[:20]:
+        user = int(session["user"].iloc[0])
+        assert session["session_key"].iloc[0].startswith(f"{user}#")
+        mine = raw[raw["user"] == user]
+        got = set(zip(items[session["item"].to_numpy()].astype(int), session["time"].astype(int)))
+        assert got <= set(zip(mine["item"], mine["time"]))  # every event is one of that user's ratings
+
+
+def test_lineage_yoochoose_shared_data_keeps_session_ids(tmp_path):
+    raw_path = shared_path("yoochoose-100k", "yoochoose-clicks-100k_filtered_isotime.dat")
+    cfg = load_config("yoochoose", [f"data.path={raw_path}", f"output_dir={tmp_path / 'yc'}"])
+    prepare(cfg)
+    keys = assert_no_key_in_two_splits(cfg.data_dir)
+    raw = pd.read_csv(raw_path, header=None, names=["s", "t", "i"])
+    assert set().union(*keys.values()) <= set(raw["s"].astype(str))
+    test = load_split(cfg.data_dir, "test")
+    assert test["session_key"].dtype == np.int64
+    items = load_items(cfg.data_dir)["item_id"].to_numpy()
+    sid, group = next(iter(test.groupby("session_key")))
+    clicks = raw[raw["s"] == sid]
+    assert set(items[group["item"].to_numpy()].astype(int)) <= set(clicks["i"])
+
+
+def test_string_session_ids_are_kept_and_given_files_may_not_share_them(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("sid,item,ts\n" + "".join(f"s-{s},{i},{1e9 + 100 * s + i}\n" for s in range(10) for i in range(3)))
+    cfg = job(tmp_path, {"format": "table", "path": str(path), "columns": {"session": "sid", "item": "item", "time": "ts"}},
+              split={"scheme": "fraction", "test_fraction": 0.2, "valid_fraction": 0.2})
+    prepare(cfg)
+    keys = assert_no_key_in_two_splits(cfg.data_dir)
+    assert set().union(*keys.values()) == {f"s-{s}" for s in range(10)}
+    assert keys["test"] == {"s-8", "s-9"}  # the last to end
+
+
+def test_exact_duplicates_are_counted_warned_and_dropped(tmp_path, capsys):
+    rows = [(s, 1e9 + 1000 * s + 10 * j, i) for s in range(1, 11) for j, i in enumerate((1, 2, 1, 3))]
+    path = yc_file(tmp_path, rows + rows)  # every line twice
+    data = {"format": "yoochoose", "path": path}
+    split = {"scheme": "fraction", "test_fraction": 0.2, "valid_fraction": 0.0}
+    stats = prepare(job(tmp_path, data, split=split))
+    assert stats["duplicates"] == {"events": 40, "fraction": 0.5, "dropped": False}
+    err = capsys.readouterr().err
+    assert "40 of 80 events (50.0%) are exact duplicates" in err and "sessions.drop_duplicates" in err
+    assert err.count("\n") == 1
+    assert stats["train"]["events"] == 64  # left in: every event twice
+    stats = prepare(job(tmp_path, data, split=split, sessions={"drop_duplicates": True}))
+    assert stats["duplicates"]["dropped"] and stats["removed"]["drop_duplicates"]["events"] == 40
+    assert stats["train"]["events"] == 32  # genuine repeats (1 ... 1) stay
+    assert capsys.readouterr().err == ""
+    # drop_repeats removes every exact duplicate too, and the genuine repeat only when consecutive
+    stats = prepare(job(tmp_path, data, split=split, sessions={"drop_duplicates": True, "drop_repeats": True}))
+    assert stats["removed"]["drop_duplicates"]["events"] == 40 and stats["removed"]["drop_repeats"]["events"] == 0
+    stats = prepare(job(tmp_path, data, split=split, sessions={"drop_repeats": True}))
+    assert stats["removed"]["drop_repeats"]["events"] == 40 and stats["duplicates"]["dropped"]
+    # a few duplicates: counted, not warned about
+    many = [(s, 1e9 + 1000 * s + 10 * j, i) for s in range(1, 101) for j, i in enumerate((1, 2, 1, 3))]
+    stats = prepare(job(tmp_path, {"format": "yoochoose", "path": yc_file(tmp_path, many + many[:1], "few.dat")},
+                        split=split))
+    assert stats["duplicates"]["events"] == 1 and capsys.readouterr().err == ""

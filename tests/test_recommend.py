@@ -14,10 +14,12 @@ from sbrjob.recommend import ItemMatcher, recommend, session_scores
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run directory as `sbrjob train` leaves it (config.yaml, data/, checkpoints/best) with an
-    untrained model: recommend only needs the contract of `sbrjob.train.load_trained`."""
+    untrained model: recommend only needs the contract of `sbrjob.runs.load_trained`."""
     from sbrjob.config import load_config, save_config
     from sbrjob.model import GRU4Rec
-    from sbrjob.prepare import load_items, prepare
+    from sbrjob.prepare import prepare
+
+    from conftest import load_items
 
     out = str(tmp_path_factory.mktemp("rec") / "run")
     cfg = load_config("tiny", [f"output_dir={out}"])
@@ -57,17 +59,19 @@ def test_parse_joins_comma_titles_and_reports_unknown():
     assert [i for _, i in found] == [0, 1]
 
 
-def test_recommend_by_ids(run_dir, capsys):
-    from sbrjob.prepare import load_items
-    from sbrjob.train import load_trained
+def test_recommend_by_ids(run_dir):
+    from sbrjob.recommend import format_table
+    from sbrjob.runs import load_trained
 
-    items = load_items(f"{run_dir}/data").sort_values("index")
+    from conftest import load_items
+
+    items = load_items(f"{run_dir}/data")
     ids = items["item_id"].tolist()[:3]
     got = recommend(run_dir, ",".join(ids), k=5)
-    table = capsys.readouterr().out
+    table = format_table(got)
     assert "rank" in table and got["recommendations"][0]["item_id"] in table
     # the same as stepping the model by hand, without the items already in the session
-    _, model, _ = load_trained(run_dir)
+    model = load_trained(run_dir).model
     scores = session_scores(model, [0, 1, 2])
     scores[[0, 1, 2]] = -np.inf
     want = [ids_ for ids_ in items["item_id"].to_numpy()[np.argsort(-scores, kind="stable")[:5]]]
@@ -77,10 +81,16 @@ def test_recommend_by_ids(run_dir, capsys):
     assert [s["item_id"] for s in got["session"]] == ids and got["unknown"] == []
 
 
-def test_recommend_titles_json_and_unknown(run_dir, capsys):
-    got = recommend(run_dir, "synthetic movie 18, no such film, 148", k=3, as_json=True)
-    printed = json.loads(capsys.readouterr().out)
-    assert printed == got
+def test_recommend_titles_json_and_unknown(run_dir):
+    from typer.testing import CliRunner
+
+    from sbrjob.cli import app
+
+    got = recommend(run_dir, "synthetic movie 18, no such film, 148", k=3)
+    printed = CliRunner().invoke(app, ["recommend", "--run", run_dir, "--items", "synthetic movie 18, no such film, 148",
+                                       "-k", "3", "--json"])
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.output) == got
     assert [s["item_id"] for s in got["session"]] == ["18", "148"]
     assert got["unknown"] == ["no such film"]
     assert len(got["recommendations"]) == 3

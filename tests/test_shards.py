@@ -79,14 +79,14 @@ def test_read_manifest_matches_written_one(tmp_path):
         assert shards.file_sha256(f"{split_dir}/{name}") == digest
 
 
-def edit_manifest(split_dir, **changes):
+def edit_manifest(split_dir, reseal=True, **changes):
     path = f"{split_dir}/manifest.json"
     m = json.loads(open(path).read())
     m.update(changes)
     for k, v in changes.items():
         if v is None:
             del m[k]
-    open(path, "w").write(json.dumps(m))
+    open(path, "w").write(json.dumps(shards.sealed(m) if reseal else m))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -98,6 +98,13 @@ def test_manifest_checks(tmp_path, change, message):
     split_dir, _, _ = write(tmp_path)
     edit_manifest(split_dir, **change)
     with pytest.raises(SbrjobError, match=message):
+        shards.read_manifest(split_dir)
+
+
+def test_hand_edited_manifest_is_refused(tmp_path):
+    split_dir, manifest, _ = write(tmp_path)
+    edit_manifest(split_dir, reseal=False, block_steps=manifest["block_steps"] * 2)
+    with pytest.raises(SbrjobError, match="manifest was edited after export .*run `sbrjob export --force`"):
         shards.read_manifest(split_dir)
 
 

@@ -9,10 +9,9 @@ import tensorflow as tf
 from sbrjob import export, train
 from sbrjob.config import config_from_dict
 from sbrjob.distribute import make_strategy
-from sbrjob.evaluate import evaluate_model
 from sbrjob.shards import distribute_blocks
 
-from conftest import chain_sessions
+from conftest import chain_sessions, split_evaluators
 
 N_ITEMS = 30
 
@@ -37,8 +36,7 @@ def config(tmp_path, **train_kw):
 def test_learns_a_deterministic_chain_and_writes_checkpoints_and_metrics(shards, tmp_path):
     cfg = config(tmp_path, checkpoint_every_steps=64)
     metrics = train.fit(cfg, tf.distribute.get_strategy(), "default", str(shards / "train"), N_ITEMS,
-                        np.ones(N_ITEMS), valid_dir=str(shards / "valid"), test_dir=str(shards / "valid"),
-                        evaluate=evaluate_model)
+                        np.ones(N_ITEMS), evaluators=split_evaluators(cfg, shards / "valid", shards / "valid"))
     assert metrics["test"]["recall@1"] > 0.95  # ring successor learned: Recall@1 ~ 1
     epochs = metrics["epochs"]
     # per-epoch validation ranks only; the top-K lists of coverage/popularity are for the test split
@@ -133,7 +131,7 @@ def test_train_block_compiles_with_xla(shards, tmp_path):
 def test_resuming_with_another_config_is_refused(shards, tmp_path):
     cfg = config(tmp_path, epochs=1)
     args = (tf.distribute.get_strategy(), "default", str(shards / "train"), N_ITEMS, np.ones(N_ITEMS))
-    train.fit(cfg, *args, valid_dir=None, test_dir=None)
+    train.fit(cfg, *args)
     changed = config(tmp_path, epochs=1, lr=0.05)
     with pytest.raises(train.SbrjobError, match="different model/train config"):
-        train.fit(changed, *args, valid_dir=None, test_dir=None)
+        train.fit(changed, *args)

@@ -11,9 +11,8 @@ import tensorflow as tf
 
 from sbrjob import export, train
 from sbrjob.config import config_from_dict
-from sbrjob.evaluate import evaluate_model
 
-from conftest import chain_sessions
+from conftest import chain_sessions, split_evaluators
 
 N_ITEMS = 30
 WORKER = r"""
@@ -23,13 +22,14 @@ from sbrjob.distribute import make_strategy
 strategy, kind = make_strategy("auto")  # TF_CONFIG lists 2 workers -> MultiWorkerMirroredStrategy
 from sbrjob import train
 from sbrjob.config import config_from_dict
-from sbrjob.evaluate import evaluate_model
+from sbrjob.evaluate import Evaluator
 import json
 root, raw = sys.argv[1], json.loads(sys.argv[2])
 cfg = config_from_dict(raw)
 train.configure_determinism(cfg)
-train.fit(cfg, strategy, kind, root + "/train", 30, np.ones(30), valid_dir=root + "/valid",
-          test_dir=root + "/valid", evaluate=evaluate_model)
+train.fit(cfg, strategy, kind, root + "/train", 30, np.ones(30),
+          evaluators={"valid": Evaluator(root + "/valid", cfg.eval, beyond_accuracy=False),
+                      "test": Evaluator(root + "/valid", cfg.eval)})
 """
 
 
@@ -77,8 +77,7 @@ def test_two_worker_processes_train_one_consistent_model(tmp_path):
     # the same job on one device follows the same trajectory (targets are all-gathered across workers)
     cfg = config_from_dict({**raw, "output_dir": str(tmp_path / "single")})
     single = train.fit(cfg, tf.distribute.get_strategy(), "default", str(tmp_path / "train"), N_ITEMS,
-                       np.ones(N_ITEMS), valid_dir=str(tmp_path / "valid"), test_dir=str(tmp_path / "valid"),
-                       evaluate=evaluate_model)
+                       np.ones(N_ITEMS), evaluators=split_evaluators(cfg, tmp_path / "valid", tmp_path / "valid"))
     np.testing.assert_allclose([e["train_loss"] for e in metrics["epochs"]],
                                [e["train_loss"] for e in single["epochs"]], rtol=1e-4)
     np.testing.assert_allclose(metrics["test"]["mrr@20"], single["test"]["mrr@20"], rtol=1e-3)

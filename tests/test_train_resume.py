@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sbrjob import train
 from sbrjob.config import load_config
+from sbrjob.errors import SbrjobError
+from sbrjob.runs import load_trained
+from sbrjob.stages import train_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["train.checkpoint_every_steps=8", "train.epochs=2", "train.keep_checkpoints=2"]
@@ -51,7 +53,7 @@ def checkpoint_steps(out: Path) -> list[int]:
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "whole"
     cfg = load_config("tiny", [f"output_dir={out}"] + SETTINGS)
-    return out, train.train(cfg)
+    return out, train_stage(cfg)[0]
 
 
 def test_kill_9_mid_epoch_and_rerun_gives_the_same_metrics(uninterrupted, tmp_path):
@@ -98,13 +100,14 @@ def test_kill_9_mid_epoch_and_rerun_gives_the_same_metrics(uninterrupted, tmp_pa
 
 def test_load_trained_restores_best_and_last(uninterrupted):
     whole, metrics = uninterrupted
-    cfg, model, items = train.load_trained(str(whole), "best")
+    best = load_trained(str(whole), "best")
+    cfg, model, items = best.cfg, best.model, best.items
     assert cfg.name == "tiny" and model.n_items == len(items)
-    _, last, _ = train.load_trained(str(whole), "last")
+    last = load_trained(str(whole), "last").model
     path = tf.train.latest_checkpoint(str(whole / "checkpoints/last"))
-    _, by_path, _ = train.load_trained(str(whole), path)
+    by_path = load_trained(str(whole), path).model
     np.testing.assert_array_equal(by_path.Wy.numpy(), last.Wy.numpy())
     h = tf.random.normal([2, cfg.model.layers[-1]], seed=1)
     assert model.item_scores(h).shape == (2, len(items))
-    with pytest.raises(train.SbrjobError, match="no 'best' checkpoint|not found"):
-        train.load_trained(str(whole / "nothing-here"), "best")
+    with pytest.raises(SbrjobError, match="not found"):
+        load_trained(str(whole / "nothing-here"), "best")

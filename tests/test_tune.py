@@ -13,7 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from sbrjob import storage
@@ -30,22 +29,23 @@ def tiny(tmp_path: Path, *extra: str):
 
 
 class FakeTrain:
-    """Stands in for `sbrjob.train.train`: validation mrr@20 at epoch e is score(cfg) * (1 - 2**-e),
-    test mrr@20 is 1 - score(cfg). Like train it has no epoch hook and writes metrics.json; the
-    tuner then trains a trial one more epoch per call (train resumes), so calls > trials."""
+    """Stands in for `stages.train_stage` as tune calls it, `train_fn(cfg, on_epoch_end=hook)`:
+    validation mrr@20 at epoch e is score(cfg) * (1 - 2**-e), test mrr@20 is 1 - score(cfg).
+    Like the real loop it calls the hook after every epoch, stops when the hook says so, and
+    writes metrics.json."""
 
     def __init__(self, score, interrupt_at: int | None = None):
         self.score, self.interrupt_at, self.calls = score, interrupt_at, []
 
     @property
     def trials(self):
-        """The config of each trial (its last call), in the order the trials ran."""
+        """The config of each trial, in the order the trials ran."""
         out = {}
         for c in self.calls:
             out[c.output_dir] = c
         return list(out.values())
 
-    def run(self, cfg, on_epoch_end=None):
+    def __call__(self, cfg, on_epoch_end):
         self.calls.append(cfg)
         if self.interrupt_at is not None and len(self.trials) == self.interrupt_at:
             raise KeyboardInterrupt
@@ -53,22 +53,12 @@ class FakeTrain:
         for e in range(1, cfg.train.epochs + 1):
             valid = {"recall@20": min(1.0, 2 * q * (1 - 2 ** -e)), "mrr@20": q * (1 - 2 ** -e)}
             epochs.append({"epoch": e, "valid": valid, "train_events_per_s": 1000.0 * e})
-            if on_epoch_end is not None and on_epoch_end(e, epochs[-1]):
+            if on_epoch_end(e, epochs[-1]):
                 break
         best = max(epochs, key=lambda r: r["valid"]["mrr@20"])
         metrics = {"epochs": epochs, "best_epoch": best["epoch"], "test": {"recall@20": 1 - q, "mrr@20": 1 - q}}
         storage.write_text(cfg.metrics_path, json.dumps(metrics))  # local or gs://
         return metrics
-
-    def __call__(self, cfg, reexport=False):
-        return self.run(cfg)
-
-
-class HookedTrain(FakeTrain):
-    """A `train` that takes the proposed `on_epoch_end(epoch, record) -> stop?` keyword."""
-
-    def __call__(self, cfg, reexport=False, on_epoch_end=None):
-        return self.run(cfg, on_epoch_end)
 
 
 def lr_score(cfg):
@@ -88,8 +78,8 @@ def test_three_trial_study_reports_and_optimises_validation_only(tmp_path):
     tune_dir = tmp_path / "run" / "tune"
 
     assert len(fake.trials) == 3 and out["finished"] == 3
-    # no epoch hook in train: each trial trained one more epoch per call (resuming), 2 epochs each
-    assert [c.train.epochs for c in fake.calls] == [1, 2] * 3
+    # one training call per trial, all its epochs in it
+    assert [c.train.epochs for c in fake.calls] == [2] * 3
     dirs = sorted(Path(c.output_dir).name for c in fake.trials)
     assert dirs == ["trial-000", "trial-001", "trial-002"]
     assert all((tune_dir / d / "metrics.json").exists() for d in dirs)
@@ -154,11 +144,10 @@ def test_resume_counts_finished_trials_and_reruns_the_interrupted_one(tmp_path):
     assert states.count("complete") == 4 and states.count("fail") == 1
 
 
-@pytest.mark.parametrize("fake_cls", [FakeTrain, HookedTrain])
-def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path, fake_cls):
+def test_clearly_bad_trial_is_pruned_after_its_first_epoch(tmp_path):
     cfg = tiny(tmp_path, "train.epochs=4")
     space = lr_only_study(tmp_path, cfg, (0.3, 0.25, 0.2, 0.011))
-    fake = fake_cls(lr_score)
+    fake = FakeTrain(lr_score)
     out = T.tune(cfg, trials=4, space=space, train_fn=fake, echo=lambda s: None)
     epochs_run = [len(json.loads((Path(c.output_dir) / "metrics.json").read_text())["epochs"]) for c in fake.trials]
     assert epochs_run == [4, 4, 4, 1]  # the 4th is below the lower quartile after epoch 1: stopped
@@ -321,7 +310,7 @@ def test_fixed_loss_decides_conditionals_in_the_vertex_spec(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_study_with_real_training_and_best_yaml_round_trip(tmp_path):
-    from sbrjob.train import train
+    from sbrjob.stages import train_stage
 
     cfg = tiny(tmp_path, "train.epochs=1")
     space = write_space(tmp_path, (  # small models and a fixed batch: trials share prepared data AND shards
@@ -343,6 +332,6 @@ def test_tiny_study_with_real_training_and_best_yaml_round_trip(tmp_path):
 
     best = load_config(str(run / "tune" / "best.yaml"), [f"output_dir={tmp_path / 'retrain'}"])
     assert best.model.layers == [best_row["model.layers"]] and best.train.lr == pytest.approx(best_row["train.lr"])
-    again = train(best)
+    again, _ = train_stage(best)
     # same config + seed -> the same validation score as the trial that chose it
     assert again["epochs"][-1]["valid"]["mrr@20"] == pytest.approx(best_row["valid_mrr@20"], rel=1e-6)
