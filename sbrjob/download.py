@@ -22,10 +22,11 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from zlib import error as zlib_error
 
 from sbrjob import storage
 from sbrjob.config import join
-from sbrjob.errors import SbrjobError
+from sbrjob.errors import SbrjobError, io_error
 
 MARKER = ".sbrjob-download.json"
 _MAX_UNPACKED = 1 << 30  # refuse archives that would expand past 1 GiB (zip bombs)
@@ -123,14 +124,22 @@ def _fetch(url: str, path: Path) -> tuple[str, str]:
     sha, md5 = hashlib.sha256(), hashlib.md5()
     print(f"downloading {url}", file=sys.stderr)
     try:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as fh:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                sha.update(chunk)
-                md5.update(chunk)
-                fh.write(chunk)
-    except (urllib.error.URLError, OSError) as err:
-        raise SbrjobError(f"{url}: download failed ({getattr(err, 'reason', err)}); "
-                          "check the network or pass --url with a mirror") from None
+        fh = open(path, "wb")  # noqa: SIM115 - closed below; its errors are local, not the network's
+    except OSError as err:
+        raise io_error(err, path, doing=f"downloading {url}") from None
+    with fh:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                for chunk in iter(lambda: resp.read(1 << 20), b""):
+                    sha.update(chunk)
+                    md5.update(chunk)
+                    try:
+                        fh.write(chunk)
+                    except OSError as err:  # disk full, ulimit -f: not a network problem
+                        raise io_error(err, path, doing=f"downloading {url}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise SbrjobError(f"{url}: download failed ({getattr(err, 'reason', err)}); "
+                              "check the network or pass --url with a mirror") from None
     return sha.hexdigest(), md5.hexdigest()
 
 
@@ -141,7 +150,7 @@ def _safe_extract(archive: Path, out: Path, where: str) -> None:
     except zipfile.BadZipFile:
         raise SbrjobError(f"{where}: not a zip archive") from None
     with zf:
-        members, total = [], 0
+        members, total, files, dirs = [], 0, {}, {}
         for info in zf.infolist():
             name = info.filename
             parts = PurePosixPath(name.replace("\\", "/")).parts
@@ -153,8 +162,22 @@ def _safe_extract(archive: Path, out: Path, where: str) -> None:
             total += info.file_size
             if total > _MAX_UNPACKED:
                 raise SbrjobError(f"{where}: archive expands past {_MAX_UNPACKED >> 20} MiB; refused")
-            if not info.is_dir():
+            # one name as a file and as a directory (or a file twice) cannot be extracted faithfully
+            key = tuple(parts)
+            for depth in range(1, len(key)):
+                dirs.setdefault(key[:depth], name)
+            if info.is_dir():
+                dirs.setdefault(key, name)
+            else:
+                if key in files:
+                    raise SbrjobError(f"{where}: {name!r} appears twice in the archive (also as {files[key]!r}); "
+                                      "nothing extracted")
+                files[key] = name
                 members.append((info, out.joinpath(*parts)))
+        clash = next((k for k in files if k in dirs), None)
+        if clash:
+            raise SbrjobError(f"{where}: archive uses {files[clash]!r} both as a file and as a directory "
+                              f"({dirs[clash]!r}); not the expected archive, nothing extracted")
         root, written = out.resolve(), 0
         for info, target in members:
             if not target.resolve().is_relative_to(root):  # belt and braces
@@ -167,5 +190,7 @@ def _safe_extract(archive: Path, out: Path, where: str) -> None:
                         if written > _MAX_UNPACKED:
                             raise SbrjobError(f"{where}: archive expands past {_MAX_UNPACKED >> 20} MiB; refused")
                         dst.write(chunk)
-            except (zipfile.BadZipFile, EOFError) as err:  # CRC mismatch, truncated member
+            except (zipfile.BadZipFile, EOFError, zlib_error) as err:  # CRC mismatch, truncated member
                 raise SbrjobError(f"{where}: corrupt archive member {info.filename!r} ({err})") from None
+            except OSError as err:  # disk full, ulimit -f: the staging directory is removed
+                raise io_error(err, target, doing=f"extracting {where}") from None

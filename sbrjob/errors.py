@@ -67,7 +67,8 @@ def io_error(err: BaseException, path: str | os.PathLike | None = None, doing: s
             return None
     else:
         return None
-    where = where or path or "?"
+    where = str(where or path or "?")
+    doing = doing.replace(f" {where}", "")  # "X: ... while writing X" says X once
     meaning, todo = _ADVICE.get(code, (None, None))
     if meaning is None:
         first = (str(getattr(err, "strerror", None) or err).strip().splitlines() or [""])[0][:200]
