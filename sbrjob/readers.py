@@ -505,7 +505,7 @@ def _check_times(t: np.ndarray, source: str, name: str, unit: str) -> None:
     if hint:
         raise SbrjobError(f"{source}: {hint}")
     row = int(np.flatnonzero(bad)[0])
-    raise SbrjobError(f"{source}, row {row + 1}: column {name!r} = {t[row] * scale!r} is outside {YEARS} as "
+    raise SbrjobError(f"{source}, row {row + 1}: column {name!r} = {float(t[row] * scale)!r} is outside {YEARS} as "
                       f"{UNIT_NAMES.get(unit, unit)} (data.time_unit: {unit}); clean the file")
 
 

@@ -75,3 +75,72 @@ def test_dump_round_trips():
 def test_override_syntax_error():
     with pytest.raises(SbrjobError, match="KEY=VALUE"):
         load_config("tiny", ["train.lr"])
+
+
+# ---------------------------------------------------------------- refused: duplicates, bad bytes, ignored keys
+
+
+@pytest.mark.parametrize("text, key, first, again", [
+    ("train:\n  lr: 0.1\nmodel:\n  layers: [8]\ntrain:\n  epochs: 1\n", "train", 1, 5),  # a section twice
+    ("train:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", "lr", 2, 4),  # a key twice in a section
+    ("data:\n  columns:\n    item: a\n    item: b\n", "item", 3, 4),  # deeper
+])
+def test_duplicate_keys_are_refused_at_every_level_naming_both_lines(tmp_path, text, key, first, again):
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    with pytest.raises(SbrjobError) as err:
+        load_config(str(path))
+    assert str(err.value) == (f"{path}: duplicate key {key!r} (first at line {first}, again at line {again}); "
+                              "keep one of them")
+
+
+def test_yaml_merge_keys_still_override():
+    from sbrjob.config import parse_yaml
+
+    assert parse_yaml("base: &b {lr: 0.1, epochs: 2}\ntrain:\n  <<: *b\n  lr: 0.5\n", "x")["train"] == \
+        {"lr": 0.5, "epochs": 2}
+
+
+def test_invalid_set_values_and_keys_are_one_line():
+    with pytest.raises(SbrjobError) as err:
+        load_config("tiny", ["model.layers=[32"])
+    msg = str(err.value)
+    assert msg.startswith("--set 'model.layers=[32': the value is not valid YAML (expected ',' or ']'") and "\n" not in msg
+    with pytest.raises(SbrjobError, match="duplicate key 'a'"):
+        load_config("tiny", ["data.columns={a: x, a: y}"])
+    with pytest.raises(SbrjobError, match="is not a key"):
+        load_config("tiny", ["train..lr=1"])
+
+
+def test_non_utf8_config_names_the_line(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_bytes("name: x\n# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(SbrjobError, match=r"job\.yaml line 2: not UTF-8 text \(byte 0xe9\); save the config as UTF-8"):
+        load_config(str(path))
+    path.write_bytes("\ufeffname: bom\n".encode())  # a UTF-8 byte order mark is fine
+    assert load_config(str(path)).name == "bom"
+    with pytest.raises(SbrjobError, match="is a directory"):
+        load_config(str(tmp_path))
+
+
+@pytest.mark.parametrize("key", ["test_path", "valid_path"])
+def test_given_files_without_scheme_given_are_refused_naming_both_keys(key):
+    with pytest.raises(SbrjobError) as err:
+        load_config("yoochoose", [f"data.{key}=x.txt"])
+    msg = str(err.value)
+    assert f"data.{key}: is only read with split.scheme 'given', but split.scheme is 'days'" in msg
+    assert f"set split.scheme: given, or remove data.{key}" in msg
+    cfg = load_config("yoochoose", ["data.format=gru4rec", f"data.{key}=x.txt", "data.test_path=t.txt",
+                                    "split.scheme=given"])
+    assert getattr(cfg.data, key) == "x.txt" or key == "test_path"
+
+
+def test_data_encoding_time_unit_and_drop_duplicates():
+    cfg = load_config("tiny", ["data.encoding=latin-1", "data.time_unit=us", "sessions.drop_duplicates=true"])
+    assert (cfg.data.encoding, cfg.data.time_unit, cfg.sessions.drop_duplicates) == ("latin-1", "us", True)
+    with pytest.raises(SbrjobError, match=r"data\.encoding: unknown encoding 'utf-9'"):
+        load_config("tiny", ["data.encoding=utf-9"])
+    with pytest.raises(SbrjobError, match=r"data\.time_unit: 'iso' is only for data\.format table"):
+        load_config("movielens", ["data.time_unit=iso"])
+    with pytest.raises(SbrjobError, match=r"data\.time_unit: 'msec' is not one of .*did you mean 'ms'"):
+        load_config("tiny", ["data.time_unit=msec"])

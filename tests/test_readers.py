@@ -1,6 +1,7 @@
 """Readers on tiny hand-made files with each real format's quirks, and bad input."""
 
 import gzip
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -160,3 +161,125 @@ def test_missing_and_empty_inputs(tmp_path):
     with pytest.raises(SbrjobError, match=r"not in the header .*data.separator"):
         read_events(DataConfig(format="table", path=write(tmp_path / "t.csv", "s;i;t\n1;2;3\n"),
                                columns={"session": "s", "item": "i", "time": "t"}))
+
+
+# ---------------------------------------------------------------- times out of range, units
+
+
+def ml_rows(unit=1, n=10):
+    return "".join(f"{u}::{j}::3::{(978300760 + 100 * u + j) * unit}\n" for u in range(1, n + 1) for j in range(3))
+
+
+@pytest.mark.parametrize("value", ["100000000000000000000", "-99999999999", "978300760000", "4102444800"])
+def test_a_time_out_of_range_names_its_line(tmp_path, value):
+    path = write(tmp_path / "ratings.dat", ml_rows() + f"99::1::3::{value}\n" + ml_rows(n=2))
+    with pytest.raises(SbrjobError) as err:
+        read_events(DataConfig(format="movielens", path=path))
+    assert str(err.value).startswith(f"{path}, line 31: column 'time' = '{value}' is outside 1970..2099 as seconds "
+                                     "(data.time_unit: s); fix the line or set data.on_bad_lines: skip")
+    ev = read_events(DataConfig(format="movielens", path=path, on_bad_lines="skip"))
+    assert ev.bad_lines == 1 and len(ev) == 36
+
+
+@pytest.mark.parametrize("unit, scale, name", [("ms", 1000, "milliseconds"), ("us", 10**6, "microseconds"),
+                                              ("ns", 10**9, "nanoseconds")])
+def test_a_whole_column_in_another_unit_says_so_and_time_unit_reads_it(tmp_path, unit, scale, name):
+    path = write(tmp_path / "ratings.dat", ml_rows(scale))
+    for skip in ("error", "skip"):  # skipping would drop every line: refused either way
+        with pytest.raises(SbrjobError, match=rf"ratings\.dat: column 'time' looks like {name}, not seconds: "
+                                              rf"e\.g\. \d+ is year \d+ as seconds but 2000-12-31 as {name}; "
+                                              rf"set data\.time_unit: {unit}"):
+            read_events(DataConfig(format="movielens", path=path, on_bad_lines=skip))
+    ev = read_events(DataConfig(format="movielens", path=path, time_unit=unit))
+    assert ev.time.min() == pytest.approx(978300860.0)
+
+
+def test_time_unit_applies_to_gru4rec_and_table(tmp_path):
+    path = write(tmp_path / "train.txt", "SessionId\tItemId\tTime\n1\t5\t1396860669277\n1\t6\t1396860886998\n")
+    with pytest.raises(SbrjobError, match="looks like milliseconds.*data.time_unit: ms"):
+        read_events(DataConfig(format="gru4rec", path=path))
+    ev = read_events(DataConfig(format="gru4rec", path=path, time_unit="ms"))
+    assert ev.time.tolist() == pytest.approx([1396860669.277, 1396860886.998])
+    path = write(tmp_path / "log.csv", "u,i,t\na,x,1396860669277000\na,y,1396860886998000\n")
+    cols = {"user": "u", "item": "i", "time": "t"}
+    with pytest.raises(SbrjobError, match="looks like microseconds.*data.time_unit: us"):
+        read_events(DataConfig(format="table", path=path, columns=cols))
+    assert read_events(DataConfig(format="table", path=path, columns=cols, time_unit="us")).time[0] == \
+        pytest.approx(1396860669.277)
+
+
+def test_iso_times_out_of_range_and_parquet_rows(tmp_path):
+    path = write(tmp_path / "clicks.dat", "1,2014-04-07T10:51:09.277Z,5\n1,1969-12-31T23:59:59.000Z,6\n")
+    with pytest.raises(SbrjobError, match=r"clicks\.dat, line 2: column 'time' = '1969-12-31T23:59:59\.000Z' is "
+                                          r"outside 1970\.\.2099 as ISO-8601"):
+        read_events(DataConfig(format="yoochoose", path=path))
+    pq_path = str(tmp_path / "log.parquet")
+    cfg = DataConfig(format="table", path=pq_path, columns={"session": "s", "item": "i", "time": "t"})
+    pq.write_table(pa.table({"s": [1, 1, 2], "i": [1, 2, 3], "t": [1e9, float("nan"), 1e9]}), pq_path)
+    with pytest.raises(SbrjobError, match=r"log\.parquet, row 2: column 't' = nan is outside 1970\.\.2099"):
+        read_events(cfg)
+    pq.write_table(pa.table({"s": [1, 1], "i": [1, 2], "t": [1.4e12, 1.4e12 + 5]}), pq_path)
+    with pytest.raises(SbrjobError, match=r"log\.parquet: column 't' looks like milliseconds"):
+        read_events(cfg)
+
+
+# ---------------------------------------------------------------- unreadable files, the right key
+
+
+def test_truncated_and_fake_gzip_and_bzip2_are_named(tmp_path):
+    yc = "".join(f"{s},2014-04-07T10:51:{s % 60:02d}.277Z,{s}\n" for s in range(3000))
+    for fmt, name, text in (("movielens", "ratings.dat.gz", ml_rows(n=300)), ("yoochoose", "clicks.dat.gz", yc)):
+        data = gzip.compress(text.encode())
+        path = tmp_path / name
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(SbrjobError, match=rf"{re.escape(name)}: truncated gzip file .*fetch the file again"):
+            read_events(DataConfig(format=fmt, path=str(path)))
+    path = tmp_path / "plain.dat.gz"
+    path.write_text(ml_rows())
+    with pytest.raises(SbrjobError, match=r"plain\.dat\.gz: not gzip data although the name ends in \.gz \(it starts "
+                                          r"with b'1:'\); if it is plain text, rename it without \.gz"):
+        read_events(DataConfig(format="movielens", path=str(path)))
+    path = tmp_path / "plain.dat.bz2"
+    path.write_text(ml_rows())
+    with pytest.raises(SbrjobError, match=r"plain\.dat\.bz2: not bzip2 data"):
+        read_events(DataConfig(format="movielens", path=str(path)))
+    items = tmp_path / "movies.dat.gz"
+    items.write_bytes(b"1::Toy Story::Comedy\n")
+    with pytest.raises(SbrjobError, match=r"movies\.dat\.gz: not gzip data.*set data\.items_path"):
+        read_items(DataConfig(format="movielens", path="x", items_path=str(items)))
+
+
+def test_directories_and_missing_files_name_their_key(tmp_path):
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "ratings.dat").write_text(ml_rows())
+    d = str(tmp_path / "ml")
+    with pytest.raises(SbrjobError, match=r"ml: is a directory, not a file \(it holds ratings\.dat\); set data\.path to "
+                                          r"the raw log inside it"):
+        read_events(DataConfig(format="movielens", path=d))
+    with pytest.raises(SbrjobError, match=r"ml: is a directory.*set data\.items_path to the items file"):
+        read_items(DataConfig(format="movielens", path="x", items_path=d))
+    with pytest.raises(SbrjobError, match=r"nope\.dat: input file not found .*set data\.items_path .*or null"):
+        read_items(DataConfig(format="movielens", path="x", items_path=str(tmp_path / "nope.dat")))
+    cfg = DataConfig(format="gru4rec", path=str(tmp_path / "tr.txt"), test_path=d)
+    with pytest.raises(SbrjobError, match=r"ml: is a directory.*set data\.test_path"):
+        read_events(cfg, d)
+
+
+def test_encoding_errors_name_line_and_data_encoding_reads_them(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes("visitor,item,ts\nu1,caf\u00e9,1000\nu1,b,1001\nu2,caf\u00e9,999\n".encode("latin-1"))
+    cols = {"user": "visitor", "item": "item", "time": "ts"}
+    with pytest.raises(SbrjobError) as err:
+        read_events(DataConfig(format="table", path=str(path), columns=cols))
+    assert str(err.value).startswith(f"{path}, line 2: column 'item' is not valid utf-8 text (byte 0xe9); set "
+                                     "data.encoding to the file's encoding (e.g. latin-1 or cp1252)")
+    ev = read_events(DataConfig(format="table", path=str(path), columns=cols, encoding="latin-1"))
+    assert ev.frame()["item"].tolist() == ["caf\u00e9", "b", "caf\u00e9"]
+    ev = read_events(DataConfig(format="table", path=str(path), columns=cols, on_bad_lines="skip"))
+    assert ev.bad_lines == 2 and ev.frame()["item"].tolist() == ["b"]
+
+
+def test_string_keys_keep_their_original_ids(tmp_path):
+    path = write(tmp_path / "log.csv", "s,i,t\nzz,1,10\naa,2,11\nzz,3,12\n")
+    ev = read_events(DataConfig(format="table", path=path, columns={"session": "s", "item": "i", "time": "t"}))
+    assert ev.key_ids.tolist() == ["aa", "zz"] and ev.frame()["key"].tolist() == ["zz", "aa", "zz"]
