@@ -25,8 +25,8 @@ smoke: install
 
 demo: install
 	$(BIN)/sbrjob train --config tiny
-	$(BIN)/sbrjob evaluate --config tiny
-	$(BIN)/sbrjob baselines --config tiny
+	$(BIN)/sbrjob evaluate --run $(RUN)
+	$(BIN)/sbrjob baselines --run $(RUN)
 	$(BIN)/sbrjob recommend --run $(RUN) --items 161,115,254 -k 5
 
 # Every benchmark with its default setting; the figures in BENCHMARKS.md come from these.

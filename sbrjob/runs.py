@@ -236,18 +236,28 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_changes(old: JobConfig, new: JobConfig, *, ignore_eval: bool) -> list[str]:
-    """'key: old -> new' for every setting that would change the run's data, shards or model.
+SCOPES = {  # the config sections each kind of output depends on
+    "data": ("data", "sessions", "filter", "split"),
+    "shards": ("data", "sessions", "filter", "split", "export", "seed"),
+    "model": ("data", "sessions", "filter", "split", "export", "seed", "model", "train", "eval.metric"),
+    "use": ("data", "sessions", "filter", "split", "export", "seed", "model", "train"),
+}
 
-    Ignored: output_dir and name; the input paths (their content is compared instead); the train
-    keys a run may resume with; with `ignore_eval`, the eval section except nothing (consumers
-    evaluate a run under any eval settings); otherwise only eval.metric counts (it picks `best`).
+
+def config_changes(old: JobConfig, new: JobConfig, scope: str = "model") -> list[str]:
+    """'key: old -> new' for every setting in `scope` that differs.
+
+    Scopes: `data` (what prepare depends on), `shards` (+ export, seed), `model` (what a checkpoint
+    depends on, and eval.metric, which picks `best`), `use` (a trained run evaluated or served under
+    any eval settings). Never compared: output_dir and name; the input paths (their content is
+    compared instead); the train keys a run may resume with.
     """
     a, b = _flat(old.to_dict()), _flat(new.to_dict())
-    skip = {"output_dir", "name"} | {f"data.{k}" for k in INPUT_KEYS} | {f"train.{k}" for k in RESUMABLE_KEYS}
+    skip = {f"data.{k}" for k in INPUT_KEYS} | {f"train.{k}" for k in RESUMABLE_KEYS}
+    wanted = SCOPES[scope]
     out = []
     for key in sorted(set(a) | set(b)):
-        if key in skip or (key.startswith("eval.") and (ignore_eval or key != "eval.metric")):
+        if key in skip or not any(key == w or key.startswith(w + ".") for w in wanted):
             continue
         if a.get(key) != b.get(key):
             out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
@@ -447,7 +457,7 @@ def readable(path: str) -> Optional[str]:
         reader = tf.train.load_checkpoint(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except (tf.errors.OpError, ValueError) as err:
+    except Exception as err:  # TF raises OpError, ValueError or IndexError ("Read less bytes") here
         return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
     return None
 

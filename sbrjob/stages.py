@@ -27,8 +27,9 @@ log = logging.getLogger("sbrjob.stages")
 # ---------------------------------------------------------------- the binding of a trained run
 
 
-def guard(run: Run, cfg: JobConfig, fresh: bool = False) -> Optional[str]:
-    """Refuse a config or input that differs from what the run's checkpoints were trained on.
+def guard(run: Run, cfg: JobConfig, fresh: bool = False, scope: str = "model") -> Optional[str]:
+    """Refuse a config or input that differs, within `scope` (`runs.SCOPES`), from what the run's
+    checkpoints were trained on.
 
     With `fresh` the whole run (checkpoints included) is moved to `attic/<stamp>/` first; returns
     that path. A run without checkpoints has nothing to protect: its outputs are simply rebuilt.
@@ -41,7 +42,7 @@ def guard(run: Run, cfg: JobConfig, fresh: bool = False) -> Optional[str]:
     if not run.has_checkpoints():
         return None
     saved = run.saved_config()
-    changes = runs.config_changes(saved, cfg, ignore_eval=False) if saved is not None else []
+    changes = runs.config_changes(saved, cfg, scope) if saved is not None else []
     manifest = runs.read_json_manifest(join(run.data_dir, "manifest.json"), "run `sbrjob train --fresh`")
     if manifest is not None and manifest.get("inputs") is not None:
         changes += runs.input_changes(manifest["inputs"], runs.input_identity(cfg, manifest["inputs"]))
@@ -116,7 +117,7 @@ def prepare_stage(cfg: JobConfig, force: bool = False, fresh: bool = False) -> t
     """`sbrjob prepare`: (the prepared data, whether it was written now)."""
     run = Run(cfg.output_dir)
     with run.lock("prepare"):
-        guard(run, cfg, fresh)
+        guard(run, cfg, fresh, scope="data")
         before = _digest(run)
         data = ensure_prepared(run, cfg, force=force)
         _save_untrained_config(run, cfg)
@@ -127,7 +128,7 @@ def export_stage(cfg: JobConfig, force: bool = False, fresh: bool = False) -> di
     """`sbrjob export`: shard manifests of every split (prepares first when needed)."""
     run = Run(cfg.output_dir)
     with run.lock("export"):
-        guard(run, cfg, fresh)
+        guard(run, cfg, fresh, scope="shards")
         data = ensure_prepared(run, cfg)
         manifests = ensure_exported(run, cfg, data, force=force)
         _save_untrained_config(run, cfg)
@@ -223,7 +224,7 @@ def open_run(run_dir: Optional[str] = None, cfg: Optional[JobConfig] = None) -> 
                           "(train it first, or give --run the right directory)")
     if cfg is None:
         return run, saved
-    changes = runs.config_changes(saved, cfg, ignore_eval=True)
+    changes = runs.config_changes(saved, cfg, "use")
     paths = [k for k in runs.INPUT_KEYS if getattr(saved.data, k) != getattr(cfg.data, k)]
     if paths:
         manifest = Prepared.open(run.data_dir).manifest
@@ -275,7 +276,7 @@ def baselines_stage(run: Run, cfg: JobConfig) -> dict:
     from sbrjob.baselines import Sessions, comparison_table, run_baselines
 
     with run.lock("baselines"):
-        guard(run, cfg)
+        guard(run, cfg, scope="data")
         data = ensure_prepared(run, cfg)
         _save_untrained_config(run, cfg)
         support = data.item_support()

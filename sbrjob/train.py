@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Callable, Optional, Sequence, Union
@@ -230,8 +231,9 @@ class Checkpoints:
             log.info("dropping %s: saved after the last checkpoint (killed between the two saves)", p)
             for f in tf.io.gfile.glob(p + ".*"):
                 tf.io.gfile.remove(f)
-        if keep:
-            tf.train.update_checkpoint_state(best_dir, keep[-1], all_model_checkpoint_paths=keep)
+        if keep:  # relative names, as CheckpointManager writes them: a run directory can move
+            tf.compat.v1.train.update_checkpoint_state(best_dir, os.path.basename(keep[-1]),
+                                                       [os.path.basename(p) for p in keep])
         else:
             tf.io.gfile.remove(join(best_dir, "checkpoint"))
         self.best = tf.train.CheckpointManager(self.ckpt, best_dir, max_to_keep=2)

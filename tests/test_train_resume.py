@@ -111,3 +111,69 @@ def test_load_trained_restores_best_and_last(uninterrupted):
     assert model.item_scores(h).shape == (2, len(items))
     with pytest.raises(SbrjobError, match="not found"):
         load_trained(str(whole / "nothing-here"), "best")
+
+
+KILL_AFTER_BEST = r"""
+import os, signal, sys
+from sbrjob import train
+target = int(sys.argv[1])
+save = train.Checkpoints.save
+def save_then_die(self, which, step):
+    save(self, which, step)
+    if which == "best" and step == target:  # killed between the best and the last save of that epoch
+        os.kill(os.getpid(), signal.SIGKILL)
+train.Checkpoints.save = save_then_die
+from sbrjob.cli import run
+sys.argv = ["sbrjob"] + sys.argv[2:]
+run()
+"""
+
+
+def test_kill_9_between_the_best_and_the_last_save_keeps_best_and_metrics_consistent(uninterrupted, tmp_path):
+    whole, want = uninterrupted
+    out = tmp_path / "killed"
+    out.mkdir()
+    for stage in ("data", "shards"):
+        shutil.copytree(whole / stage, out / stage)
+    steps_per_epoch = json.loads((whole / "shards/train/manifest.json").read_text())["steps"]
+    best_step = want["best_epoch"] * steps_per_epoch  # the save of an improving epoch's end
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_BEST, str(best_step)] + cli_args(out), cwd=REPO,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    last = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(out / "checkpoints/last")))
+    best = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(out / "checkpoints/best")))
+    epochs_done = lambda r: int(r.get_tensor("progress/epoch/.ATTRIBUTES/VARIABLE_VALUE"))  # noqa: E731
+    assert epochs_done(last) == want["best_epoch"] - 1 and epochs_done(best) == want["best_epoch"]
+
+    rerun = subprocess.run([sys.executable, "-m", "sbrjob"] + cli_args(out), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["best_epoch"] == want["best_epoch"] and got["test"] == want["test"]  # the best epoch's weights
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path, damage):
+    from sbrjob import runs
+
+    whole, want = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(whole, out, ignore=shutil.ignore_patterns(".lock"))
+    newest = tf.train.latest_checkpoint(str(out / "checkpoints/last"))
+    (data,) = Path(out / "checkpoints/last").glob(Path(newest).name + ".data-*")
+    blob = bytearray(data.read_bytes())
+    if damage == "truncate":
+        data.write_bytes(bytes(blob[: len(blob) // 2]))
+    else:
+        blob[len(blob) // 3] ^= 0xFF
+        data.write_bytes(bytes(blob))
+    assert runs.readable(newest) is not None
+    previous = runs.find_checkpoint(runs.Run(str(out)), "last")
+    assert previous != newest and runs.readable(previous) is None
+    # a resumed run (one epoch more) restores the previous checkpoint and trains on from there
+    cfg = load_config("tiny", [f"output_dir={out}"] + SETTINGS + ["train.epochs=3"])
+    got, complete = train_stage(cfg)
+    assert not complete and [e["epoch"] for e in got["epochs"]] == [1, 2, 3]
+    for a, b in zip(got["epochs"][:2], want["epochs"]):  # the redone part of epoch 2 matches exactly
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-9) and a["valid"] == b["valid"]
