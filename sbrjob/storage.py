@@ -316,7 +316,9 @@ def put_file(local: str | os.PathLike, dest: str) -> None:
         os.replace(tmp, p)
     except OSError as err:
         _unlink_quietly(tmp)
-        raise io_error(err, dest) from None
+        if err.errno is not None and not Path(local).is_file():  # the source is what is wrong
+            raise io_error(err, local, doing="reading", atomic=False) from None
+        raise io_error(OSError(err.errno, err.strerror), dest) from None  # copyfile names the source
     except BaseException:
         _unlink_quietly(tmp)
         raise

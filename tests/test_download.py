@@ -159,3 +159,31 @@ def test_cli_download_and_yoochoose_instructions(server, tmp_path):
     (tmp_path / "yc/yoochoose-clicks.dat").write_text("1,2014-04-07T10:51:09.277Z,214536502,0\n")
     res = runner.invoke(app, ["download", "yoochoose", "--to", str(tmp_path / "yc")])
     assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "yc")
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"ml-1m/users.dat/inner": b"x"}, (r"archive uses 'ml-1m/users\.dat' both as a file and as a directory "
+                                       r"\('ml-1m/users\.dat/inner'\)")),
+    ({"ml-1m": b"a file where the folder goes"}, r"archive uses 'ml-1m' both as a file and as a directory"),
+])
+def test_a_name_used_as_file_and_directory_is_refused(server, tmp_path, extra, match):
+    archive = make_zip({**ML1M_FILES, **extra})
+    url = server.serve("/clash.zip", archive)
+    with pytest.raises(SbrjobError, match=match + r".*nothing extracted") as err:
+        dl.download("movielens-1m", str(tmp_path / "to"), url=url, sha256=sha(archive))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "to" / "ml-1m").exists()
+
+
+def test_a_member_twice_is_refused(server, tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in ML1M_FILES.items():
+            zf.writestr(name, data)
+        with pytest.warns(UserWarning, match="Duplicate name"):
+            zf.writestr("ml-1m/ratings.dat", b"9::9::9::9\n")
+    archive = buf.getvalue()
+    url = server.serve("/twice.zip", archive)
+    with pytest.raises(SbrjobError, match=r"'ml-1m/ratings\.dat' appears twice in the archive"):
+        dl.download("movielens-1m", str(tmp_path / "to"), url=url, sha256=sha(archive))
+    assert not (tmp_path / "to" / "ml-1m").exists()

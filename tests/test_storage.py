@@ -148,7 +148,7 @@ def test_killed_upload_leaves_no_trusted_output(gcs, tmp_path):
                         dest, last="manifest.json")
     new = make_tree(tmp_path / "v2", {f"part-{i}": f"new{i}" for i in range(6)} | {"manifest.json": "v2"})
     proc = subprocess.run([sys.executable, "-c", KILLED_PUBLISH, str(new), dest], env=os.environ.copy(),
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+                          capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
     assert proc.returncode == 9, proc.stderr
     files = storage.list_files(dest)
     assert "manifest.json" not in files  # the old marker went first, the new one never came
@@ -289,3 +289,151 @@ def test_train_and_evaluate_write_only_to_gcs(gcs_run):
     assert 0 <= metrics["test"]["recall@20"] <= 1
     assert json.loads(storage.read_text(f"{run}/eval_test.json"))["events"] == metrics["test"]["events"]
     assert list(cwd.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the gs:// cache: per user, verified
+
+
+def test_default_cache_is_per_user_and_private(tmp_path, monkeypatch):
+    monkeypatch.delenv("SBRJOB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = storage.cache_root()
+    assert root == tmp_path / "xdg" / "sbrjob" and root.is_dir()
+    assert (root.stat().st_mode & 0o777) == 0o700
+    os.chmod(root, 0o777)  # loosened by someone: tightened again
+    assert (storage.cache_root().stat().st_mode & 0o777) == 0o700
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert storage.cache_root() == tmp_path / "home" / ".cache" / "sbrjob"
+    monkeypatch.setenv("SBRJOB_CACHE", str(tmp_path / "mine"))  # the explicit choice still wins
+    assert storage.cache_root() == tmp_path / "mine" and (tmp_path / "mine").is_dir()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_default_cache_owned_by_someone_else_is_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("SBRJOB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "sbrjob").mkdir(mode=0o777)
+    os.chown(tmp_path / "sbrjob", 65534, 65534)
+    with pytest.raises(SbrjobError, match="belongs to another user; set SBRJOB_CACHE"):
+        storage.cache_root()
+
+
+def test_cached_copy_is_checked_against_generation_and_crc32c(gcs, monkeypatch):
+    from google.cloud.storage import Blob
+
+    url = f"{gcs}/in/ratings.dat"
+    storage.write_text(url, "1::1::5::978300760\n")
+    local = Path(storage.local_copy(url))
+    downloads = []
+    real = Blob.download_to_filename
+    monkeypatch.setattr(Blob, "download_to_filename", lambda self, *a, **k: (downloads.append(1), real(self, *a, **k))[1])
+    assert storage.local_copy(url) == str(local) and not downloads  # stamp and file agree: trusted
+    local.write_text("9::9::9::978300760\n")  # changed in place, same size: the CRC32C tells
+    assert storage.local_copy(url) == str(local) and len(downloads) == 1
+    assert local.read_text() == "1::1::5::978300760\n"
+    stamp = local.with_name(f".{local.name}.generation")
+    stamp.write_text(json.dumps({"forged": True}))  # a stamp that does not match: the content decides
+    assert storage.local_copy(url) == str(local) and len(downloads) == 1  # same bytes: no download
+    assert json.loads(stamp.read_text())["object"]["crc32c"]
+    storage.write_text(url, "2::2::5::978300760\n")  # a new generation: fetched
+    assert Path(storage.local_copy(url)).read_text() == "2::2::5::978300760\n" and len(downloads) == 2
+
+
+def test_a_download_that_does_not_match_the_crc32c_is_not_cached(gcs, monkeypatch):
+    from google.cloud.storage import Blob
+
+    url = f"{gcs}/in/bad.dat"
+    storage.write_text(url, "the real content\n")
+
+    def corrupt(self, filename, **kwargs):
+        Path(filename).write_text("corrupted bytes!\n")
+
+    monkeypatch.setattr(Blob, "download_to_filename", corrupt)
+    with pytest.raises(SbrjobError, match="does not match the object's CRC32C; nothing was cached"):
+        storage.local_copy(url)
+    local = storage._mirror_path(url, None)
+    assert not local.exists() and not [p for p in local.parent.iterdir() if p.name.endswith(".part")]
+
+
+# ---------------------------------------------------------------- write failures, debris
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 64 KiB tmpfs (skipped when mounting is not permitted)."""
+    where = tmp_path / "fs"
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True,
+                          text=True, check=False)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); run as root or in a privileged container")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_disk_full_is_one_line_and_leaves_the_old_file(small_fs):
+    target = small_fs / "out" / "metrics.json"
+    storage.write_text(str(target), "old")
+    with pytest.raises(SbrjobError) as err:
+        storage.write_bytes(str(target), b"x" * (1 << 20))
+    msg = str(err.value)
+    assert msg.startswith(f"{target}: no space left on device [ENOSPC] while writing; free space") and "\n" not in msg
+    assert target.read_text() == "old" and os.listdir(target.parent) == ["metrics.json"]
+    local = small_fs / "big.bin"
+    with pytest.raises(SbrjobError, match=r"dest\.bin: no space left on device \[ENOSPC\]"):
+        big = Path(small_fs.parent / "big.bin")
+        big.write_bytes(b"y" * (1 << 20))
+        storage.put_file(big, str(small_fs / "dest.bin"))
+    assert not local.exists() and sorted(os.listdir(small_fs)) == ["out"]
+    # a stage writing into its staging directory: nothing published, no staging left
+    with pytest.raises(SbrjobError, match=r"/fs/data: no space left on device \[ENOSPC\] while writing"), \
+            storage.staging_dir(str(small_fs / "data")) as tmp:
+        (tmp / "train.parquet").write_bytes(b"z" * (1 << 20))
+        storage.publish_dir(tmp, str(small_fs / "data"))
+    assert sorted(os.listdir(small_fs)) == ["out"]
+
+
+def test_read_only_output_is_one_line(small_fs):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    with pytest.raises(SbrjobError, match=r"read-only file system \[EROFS\] while creating the staging directory; "
+                                          r"choose a writable output_dir"), storage.staging_dir(str(small_fs / "run" / "data")):
+        pass
+    with pytest.raises(SbrjobError, match=r"read-only file system \[EROFS\]"):
+        storage.write_text(str(small_fs / "x.json"), "{}")
+    with pytest.raises(SbrjobError, match=r"read-only file system \[EROFS\]"):
+        storage.create_exclusive(str(small_fs / ".lock"), "me")
+
+
+def test_debris_of_dead_writers_is_cleaned_and_live_ones_kept(tmp_path):
+    dead = 2**22 + 12345  # above any pid_max: no such process
+    for name in (f".data.tmp-{dead}-abc", f".data.tmp-{os.getpid()}-live", f".data.old-{dead}", ".data.tmp-oldstyle"):
+        (tmp_path / name).mkdir()
+    for name in (f".metrics.json.{dead}-x.tmp", f".metrics.json.{os.getpid()}-y.tmp", ".data.lock", "data.txt"):
+        (tmp_path / name).write_text("x")
+    old = (tmp_path / ".data.tmp-oldstyle").stat().st_mtime - 2 * 86400
+    os.utime(tmp_path / ".data.tmp-oldstyle", (old, old))
+    with storage.staging_dir(str(tmp_path / "data")) as staging:
+        assert staging.name.startswith(f".data.tmp-{os.getpid()}-")
+    storage.write_text(str(tmp_path / "metrics.json"), "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".data.tmp-{os.getpid()}-live", f".metrics.json.{os.getpid()}-y.tmp", ".data.lock", "data.txt",
+         "metrics.json"])
+
+
+def test_failed_publish_puts_the_previous_output_back(tmp_path, monkeypatch):
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / "manifest.json").write_text("v1")
+    new = make_tree(tmp_path / "new", {"manifest.json": "v2"})
+    real = os.replace
+
+    def failing(src, dst):
+        if Path(src) == new:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", failing)
+    with pytest.raises(SbrjobError, match=r"no space left on device \[ENOSPC\] while publishing"):
+        storage.publish_dir(new, str(dest))
+    assert (dest / "manifest.json").read_text() == "v1"
