@@ -6,7 +6,7 @@ RUN ?= runs/tiny
 IMAGE ?= sbrjob:latest
 ARGS ?= train --config tiny
 
-.PHONY: install test smoke demo bench docker-build docker-run docker-ci clean
+.PHONY: install test lint smoke demo bench docker-build docker-run docker-ci clean
 
 install: $(BIN)/sbrjob
 
@@ -18,6 +18,9 @@ $(BIN)/sbrjob: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check sbrjob tests benchmarks scripts
 
 # The CLI end to end on a tiny CPU shard, asserting on its outputs.
 smoke: install

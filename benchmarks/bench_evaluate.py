@@ -77,16 +77,17 @@ def time_passes(evaluate, repeats: int) -> None:
 def time_run(args) -> None:
     from sbrjob.config import join
     from sbrjob.shards import read_manifest
-    from sbrjob.train import load_trained
+    from sbrjob.runs import load_trained
 
-    cfg, model, _ = load_trained(args.run, "best")
+    trained = load_trained(args.run, "best")
+    cfg, model = trained.cfg, trained.model
     cfg.eval.beyond_accuracy = not args.accuracy_only
     split = join(cfg.shards_dir, "test")
     manifest = read_manifest(split)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, TF {tf.__version__}")
     print(f"run {args.run}: {model.n_items} items, GRU {cfg.model.layers}, test split {manifest['pairs']} pairs on "
           f"{manifest['lanes']} lanes, padding {manifest['padding']:.1%}, coverage/popularity {cfg.eval.beyond_accuracy}")
-    time_passes(lambda: evaluate_model(model, split, cfg), args.repeats)
+    time_passes(lambda: evaluate_model(model, split, cfg.eval), args.repeats)
 
 
 def main() -> None:
@@ -117,7 +118,7 @@ def main() -> None:
               f"padding {manifest['padding']:.1%}")
         model = GRU4Rec(cfg.model, args.items, seed=0)
         support = np.bincount(item, minlength=args.items)
-        time_passes(lambda: evaluate_model(model, f"{tmp}/test", cfg, support=support), args.repeats)
+        time_passes(lambda: evaluate_model(model, f"{tmp}/test", cfg.eval, support=support), args.repeats)
 
     # the two halves of scoring a slice, alone: where the time goes
     from sbrjob.evaluate import SCORE_CELLS

@@ -38,7 +38,10 @@ def target_ranks(scores: tf.Tensor, targets: tf.Tensor, ties: str = "conservativ
         raise ValueError(f"ties must be one of {TIE_MODES}, got {ties!r}")
     scores = tf.cast(scores, tf.float32)
     target_score = tf.gather(scores, tf.cast(targets, tf.int32)[:, None], batch_dims=1)  # [b, 1]
-    count = lambda mask: tf.reduce_sum(tf.cast(mask, tf.float32), axis=1)
+
+    def count(mask):
+        return tf.reduce_sum(tf.cast(mask, tf.float32), axis=1)
+
     if ties == "standard":
         ranks = count(scores > target_score) + 1.0
     elif ties == "conservative":  # one pass: the target itself is among the >=

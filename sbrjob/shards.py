@@ -254,7 +254,6 @@ def pipeline_dataset(split_dir: str, input_context, manifest: dict | None = None
     check_replicas(manifest, replicas, pipelines)
     per_worker = manifest["shards"] // pipelines
     first = input_context.input_pipeline_id * per_worker
-    local = replicas // pipelines
     lanes = manifest["lanes"] // replicas
     shape = [-1, lanes, manifest["block_steps"]]  # [blocks * local replicas, lanes, T]: block-major
     ds = _block_batches(split_dir, range(first, first + per_worker), manifest)
