@@ -208,40 +208,84 @@ def baselines(run: RunOpt = None, config: ConfigRunOpt = None, set_: SetOpt = No
 
 @app.command()
 def recommend(
-    items: Annotated[str, typer.Option(help="The session so far: comma-separated original item ids (or MovieLens titles).")],
+    items: Annotated[Optional[str], typer.Option(help="The session so far: comma-separated original item ids (or MovieLens titles).")] = None,
     run: RunOpt = None,
     config: ConfigRunOpt = None,
-    k: Annotated[int, typer.Option("-k", help="How many items to recommend.")] = 10,
+    k: Annotated[int, typer.Option("-k", help="How many items to recommend (at most the catalogue).")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     include_seen: Annotated[bool, typer.Option("--include-seen", help="Allow items already in the session (left out by default).")] = False,
     checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
+    sessions: Annotated[Optional[str], typer.Option("--sessions", help="Batch instead of --items: a JSONL ({\"session_id\": ..., \"items\": [...]} per line) or CSV (session_id + items, or session_id + item_id per click) file; prints JSONL, one line per session.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Batch: write the JSONL to this file (local or gs://) instead of stdout.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch: sessions stepped together.")] = 1024,
 ) -> None:
-    """Top-k next items for a session, with scores and titles when known.
+    """Top-k next items for a session (--items), or for every session of a file (--sessions), with scores.
 
     Items are original ids or, for MovieLens, titles matched forgivingly (case, accents, punctuation,
-    optional year, "The Matrix" = "Matrix, The (1999)"); separate them with commas (or ';' when titles
-    contain commas). Unknown items are reported and skipped. Example:
+    optional year, "The Matrix" = "Matrix, The (1999)", "Star Wars" = the most-rated title that
+    starts so); separate them with commas (or ';' when titles contain commas). Unknown items are
+    reported and skipped, with "did you mean" suggestions for near misses. Examples:
 
     \b
       sbrjob recommend --run runs/movielens --items "1193, Toy Story, matrix" -k 5
+      sbrjob recommend --run runs/movielens --sessions sessions.jsonl -k 20 --out recs.jsonl
+
+    Batch output, one JSON line per session in file order: {"session_id", "item_ids", "scores",
+    "known", "unknown"}; a session with no known item gets the zero-state ranking (known 0).
     """
+    import time
+
     from sbrjob.recommend import format_table, recommend as run_recommend
 
+    if (items is None) == (sessions is None):
+        raise SbrjobError("give the session with --items IDS, or a file of sessions with --sessions FILE (one of them)")
+    if sessions is None and out is not None:
+        raise SbrjobError("--out is for --sessions (batch); --items prints to stdout")
     target, _ = _use_run(run, config, None)
-    result = run_recommend(target.dir, items, k=k, exclude_seen=not include_seen, checkpoint=checkpoint)
-    typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+    if items is not None:
+        result = run_recommend(target.dir, items, k=k, exclude_seen=not include_seen, checkpoint=checkpoint)
+        typer.echo(json.dumps(result, indent=2) if as_json else format_table(result))
+        return
+    from sbrjob import storage
+    from sbrjob.recommend import BatchRecommender, read_sessions
+
+    if batch_size < 1:
+        raise SbrjobError(f"--batch-size {batch_size}: must be >= 1")
+    todo = read_sessions(sessions)
+    batch = BatchRecommender(target.dir, k=k, exclude_seen=not include_seen, checkpoint=checkpoint,
+                             batch_size=batch_size)
+    t0, n, with_unknown, lines = time.perf_counter(), 0, 0, []
+    for result in batch.run(todo):
+        n += 1
+        with_unknown += bool(result["unknown"])
+        line = json.dumps(result, ensure_ascii=False)
+        if out is None:
+            typer.echo(line)
+        else:
+            lines.append(line + "\n")
+    if out is not None:
+        storage.write_text(out, "".join(lines))
+    seconds = time.perf_counter() - t0
+    typer.echo(f"{n} sessions ({with_unknown} with unknown items) in {seconds:.2f} s"
+               + (f" -> {out}" if out else ""), err=True)
 
 
 @app.command("export-model")
 def export_model(
     run: RunOpt = None,
     config: ConfigRunOpt = None,
-    k: Annotated[int, typer.Option("-k", help="Top-k returned by the serving signature.")] = 20,
-    to: Annotated[Optional[str], typer.Option(help="Destination (local or gs://); default RUN/saved_model.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Top-k of serving_default, and the default k of the other signatures' Python functions.")] = 20,
+    to: Annotated[Optional[str], typer.Option(help="TF Serving model base path (local or gs://): the model goes to TO/<version>/. Default: RUN/saved_model (replaced, no versions).")] = None,
+    version: Annotated[Optional[int], typer.Option(help="With --to: this version number (refused if it exists); default the next after the highest.")] = None,
     checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
 ) -> None:
-    """Write a SavedModel whose serving signature maps item-id histories to top-k item ids and scores.
+    """Write a SavedModel that serves next-item recommendations: histories or one click at a time (stateful).
 
+    Signatures: serving_default(items) (top-k of histories, "" = padding), recommend(items, k,
+    exclude_seen), step(item_id, state, k) and step_exclude_seen(item_id, state, k, seen), where
+    state is the session's GRU state the caller keeps (zeros for a new session). With --to DIR it
+    writes DIR/<version>/ as TF Serving loads it, published whole; with the vocabulary as
+    assets/items.txt and model_card.json (run, data digest, metrics, signatures, example request).
     Load it anywhere with plain TensorFlow (no sbrjob needed):
 
     \b
@@ -249,12 +293,12 @@ def export_model(
       out = m.signatures["serving_default"](items=tf.constant([["1193", "661", ""]]))
       out["item_ids"], out["scores"], out["known"]   # [batch, k], [batch, k], [batch]
 
-    Rows are histories, oldest first; "" is padding and unknown ids are skipped.
+    Prints the path written. docs/serving.md: TF Serving requests and the stateful pattern.
     """
     from sbrjob.serving import export_saved_model
 
     target, _ = _use_run(run, config, None)
-    typer.echo(export_saved_model(target.dir, k=k, dest=to, checkpoint=checkpoint))
+    typer.echo(export_saved_model(target.dir, k=k, dest=None, checkpoint=checkpoint, to=to, version=version))
 
 
 @app.command()

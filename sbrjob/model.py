@@ -153,6 +153,17 @@ class GRU4Rec(tf.Module):
             x = self._dropout(h, m.dropout_hidden, training, dropout_seed, i + 1, lanes)
         return x, new_state
 
+    def masked_step(self, items, state, mask, input_table=None):
+        """Inference: advance the lanes where `mask` [b] bool is True; the others keep their state.
+
+        `items` [b] int32 (any value where the mask is False, e.g. -1). Returns (h, new_state) with
+        h = the last layer's (new or kept) state, which is what `item_scores` takes (no dropout at
+        inference). Used by serving (unknown ids, padding) and batch recommendation.
+        """
+        _, stepped = self.step(tf.maximum(items, 0), state, training=False, input_table=input_table)
+        new_state = [tf.where(mask[:, None], n, s) for n, s in zip(stepped, state)]
+        return new_state[-1], new_state
+
     def _drop_rows(self, x, rate, training, seed, lanes):
         """Dropout on a one-hot input (one non-zero) = keep or drop each lane's whole gathered row."""
         if not training or rate <= 0:

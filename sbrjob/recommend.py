@@ -287,7 +287,7 @@ def _jsonl_sessions(path: str, text: str) -> list[Session]:
         items = obj["items"]
         if isinstance(items, list):
             bad = next((x for x in items if isinstance(x, bool) or not isinstance(x, (str, int))), None)
-            if bad is not None or any(isinstance(x, bool) for x in items):
+            if bad is not None:
                 raise SbrjobError(f"{where}: \"items\" holds {json.dumps(bad)}; items are ids or titles "
                                   "(strings or integers)")
             items = [str(x) for x in items]
@@ -350,7 +350,7 @@ def read_sessions(path: str) -> list[Session]:
     except IsADirectoryError:
         raise SbrjobError(f"--sessions {path}: is a directory; give a JSONL or CSV file") from None
     except UnicodeDecodeError as err:
-        line = text_line(err)
+        line = _text_line(err)
         raise SbrjobError(f"--sessions {path}: not UTF-8 text (byte {err.start}{line})") from None
     suffix = path.lower().rsplit(".", 1)[-1] if "." in path.rsplit("/", 1)[-1] else ""
     if suffix in ("jsonl", "json", "ndjson") or (suffix not in ("csv", "tsv") and text.lstrip().startswith("{")):
@@ -358,8 +358,10 @@ def read_sessions(path: str) -> list[Session]:
     return _csv_sessions(path, text)
 
 
-def text_line(err: UnicodeDecodeError) -> str:
-    return f", line {err.object[:err.start].count(b'\n') + 1}" if isinstance(err.object, bytes) else ""
+def _text_line(err: UnicodeDecodeError) -> str:
+    if not isinstance(err.object, bytes):
+        return ""
+    return f", line {err.object[:err.start].count(10) + 1}"  # 10 = b"\n"
 
 
 class BatchRecommender:
