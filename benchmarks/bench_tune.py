@@ -37,7 +37,8 @@ def main() -> None:
     stages.export_stage(parent)  # prepared once: both sides link to it
     space = root / "space.yaml"  # one searched key whose range holds the config's value: trial 000 = the config
     lr = parent.train.lr
-    space.write_text("".join(f"{k}: null\n" for k in tune.DEFAULT_SPACE) + f"train.lr: {{low: {lr / 2}, high: {lr * 2}}}\n")
+    space.write_text("".join(f"{k}: null\n" for k in tune.DEFAULT_SPACE if k != "train.lr")
+                     + f"train.lr: {{low: {lr / 2}, high: {lr * 2}}}\n")
 
     def under_train(i: int) -> float:
         cfg = load_config(args.config, [f"output_dir={root / f'train-{i}'}", f"train.epochs={args.epochs}"])

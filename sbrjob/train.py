@@ -174,7 +174,7 @@ class ProgressBar:
             if final:
                 sys.stderr.write("\n")
             sys.stderr.flush()
-        elif final or time.monotonic() - self.last >= self.interval:
+        elif not final and time.monotonic() - self.last >= self.interval:  # the epoch line ends it
             self.last = time.monotonic()
             print(text, file=sys.stderr, flush=True)
 
@@ -256,6 +256,24 @@ class Checkpoints:
             storage.remove_tree(self.dir)
 
 
+def epoch_line(record: dict, history: list[dict], cfg: JobConfig, seconds: float) -> str:
+    """One line per epoch: loss, the validation metric against the best so far, speed, time and ETA."""
+    metric, epochs = cfg.eval.metric, cfg.train.epochs
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    value = (record.get("valid") or {}).get(metric)
+    if value is not None:
+        best = runs.best_epoch(history, metric)
+        best_value = next(r["valid"][metric] for r in history if r["epoch"] == best)
+        parts.append(f"valid {metric} {value:.4f} " + ("(best)" if best == record["epoch"]
+                                                        else f"(best {best_value:.4f} at epoch {best})"))
+    parts.append(f"{record['train_events_per_s']:,.0f} events/s")
+    left = epochs - record["epoch"]
+    parts.append(f"{seconds:.1f} s" + (f", ETA {left * seconds:.0f} s" if left and not record.get("stopped") else ""))
+    if record.get("stopped"):
+        parts.append(f"stopped: {record['stopped']}")
+    return "  ".join(parts)
+
+
 def _hooks(on_epoch_end: Union[EpochHook, Sequence[EpochHook], None]) -> list[EpochHook]:
     if on_epoch_end is None:
         return []
@@ -309,23 +327,34 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
     every = cfg.train.checkpoint_every_steps
     T = manifest["block_steps"]
     history = json.loads(progress.history.numpy().decode())
+    warmup = None  # this process's first block (it includes tracing): (epoch, seconds, events)
+
+    def steady_rate(epoch: int, events: float, seconds: float) -> float:
+        """events/s without the tracing block, when this epoch holds it and more."""
+        if warmup is not None and warmup[0] == epoch and events > warmup[2]:
+            events, seconds = events - warmup[2], seconds - warmup[1]
+        return events / max(seconds, 1e-9)
+
     while int(progress.epoch) < cfg.train.epochs and not (history and history[-1].get("stopped")):
         epoch = int(progress.epoch)
         bar = ProgressBar(manifest["blocks"], f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=chief)
         batches = iter(distribute_blocks(strategy, train_dir))
         for _ in range(int(progress.block)):  # resume: skip the blocks this epoch already trained on
             next(batches)
-        start = time.perf_counter()
+        start = epoch_wall = time.perf_counter()
         base_seconds = float(progress.seconds)
         for block in batches:
             step = int(progress.step)
+            t_block = time.perf_counter()
             state, sums = trainer.train_block(block, state, tf.constant(step, tf.int64))
             progress.sums.assign_add(tf.cast(sums, tf.float64))
             progress.step.assign_add(T)
             progress.block.assign_add(1)
             progress.seconds.assign(base_seconds + time.perf_counter() - start)
             loss_sum, events = progress.sums.numpy()
-            rate = events / max(float(progress.seconds), 1e-9)
+            if warmup is None:
+                warmup = (epoch + 1, time.perf_counter() - t_block, float(sums[1]))
+            rate = steady_rate(epoch + 1, events, float(progress.seconds))
             bar.update(int(progress.block), loss_sum / max(events, 1.0), rate)
             if writer is not None:
                 with writer.as_default(step=int(progress.step)):
@@ -334,11 +363,13 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
             if every and (step + T) // every > step // every:
                 save_last()
         loss_sum, events = progress.sums.numpy()
-        bar.update(int(progress.block), loss_sum / max(events, 1.0), events / max(float(progress.seconds), 1e-9),
-                   final=True)
+        rate = steady_rate(epoch + 1, events, float(progress.seconds))
+        bar.update(int(progress.block), loss_sum / max(events, 1.0), rate, final=True)
         record = {"epoch": epoch + 1, "train_loss": float(loss_sum / max(events, 1.0)), "train_events": int(events),
                   "train_seconds": round(float(progress.seconds), 3),
-                  "train_events_per_s": round(float(events / max(float(progress.seconds), 1e-9)), 1)}
+                  "train_events_per_s": round(float(rate), 1)}  # steady state: tracing excluded
+        if warmup is not None and warmup[0] == epoch + 1:
+            record["first_block_seconds"] = round(warmup[1], 3)  # tracing (and compiling) included
         if "valid" in evaluators:
             record["valid"] = evaluators["valid"](trainer.model)
         history.append(record)
@@ -365,7 +396,8 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
                         _scalar(f"valid/{key}", value)
             writer.flush()
             storage.sync_dir(tb_work, tb_dir)
-        log.info("epoch %d: %s", epoch + 1, json.dumps(record))
+        log.info("%s", epoch_line(record, history, cfg, time.perf_counter() - epoch_wall))
+        log.debug("epoch %d: %s", epoch + 1, json.dumps(record))
         if chief:
             report.write(history)
 
