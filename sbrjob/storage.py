@@ -170,10 +170,27 @@ def read_text(path: str) -> str:
 
 # ---------------------------------------------------------------- write failures and debris
 #
-# Every local write goes to a temporary name first (`.NAME.<pid>-*.tmp` files, `.NAME.tmp-<pid>-*`
-# staging directories, `.NAME.old-<pid>` during a publish): readers never look at dot-names, and a
-# later write of the same NAME removes the ones whose process is gone (killed, disk full, power cut).
-# OSErrors become one-line SbrjobErrors naming the path and what the errno means (errors.io_error).
+# Every local write goes to a temporary name first (`.NAME.<pid>-<host>-*.tmp` files,
+# `.NAME.tmp-<pid>-<host>-*` staging directories, `.NAME.old-<pid>-<host>` during a publish):
+# readers never look at dot-names, and a later write of the same NAME removes the ones whose process
+# is gone (killed, disk full, power cut). <host> tags this machine, so a shared filesystem's debris
+# of another machine is only removed once it is a day old. OSErrors become one-line SbrjobErrors
+# naming the path and what the errno means (errors.io_error).
+
+
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+_HOST = _host_tag()
+
+
+def _tag() -> str:
+    """`<pid>-<host>`: who writes a temporary (see clean_stale)."""
+    return f"{os.getpid()}-{_HOST}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -192,18 +209,19 @@ _OLD_DEBRIS_S = 24 * 3600  # debris without a pid in its name (written before pi
 
 
 def _debris_pid(entry_name: str, name: str) -> int | None | bool:
-    """For a temporary left by a write of `name`: its writer's pid, None when the name carries no
-    pid; False when the entry is not such a temporary at all."""
-    for prefix, pattern in ((f".{name}.tmp-", r"(\d+)-.*"), (f".{name}.old-", r"(\d+)"),
-                            (f".{name}.", r"(\d+)-.*\.(tmp|part)")):
+    """For a temporary left by a write of `name` on this machine: its writer's pid; None when the
+    name carries no pid of this machine (older names, other hosts); False when the entry is not
+    such a temporary at all."""
+    for prefix, pattern in ((f".{name}.tmp-", r"(\d+)-([0-9a-f]{8})-.*"), (f".{name}.old-", r"(\d+)-([0-9a-f]{8})"),
+                            (f".{name}.", r"(\d+)-([0-9a-f]{8})-.*\.(tmp|part)")):
         if not entry_name.startswith(prefix):
             continue
         rest = entry_name[len(prefix):]
         m = re.fullmatch(pattern, rest)
         if m:
-            return int(m.group(1))
-        if prefix.endswith("tmp-") or (prefix == f".{name}." and rest.endswith(".tmp")):
-            return None  # an older temporary without pid
+            return int(m.group(1)) if m.group(2) == _HOST else None
+        if prefix.endswith(("tmp-", "old-")) or rest.endswith((".tmp", ".part")):
+            return None  # a temporary without (our) pid: judged by its age
         return False
     return False
 
@@ -264,7 +282,7 @@ def write_bytes(path: str, data: bytes) -> None:
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(p.parent, p.name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{os.getpid()}-", suffix=".tmp", dir=p.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_tag()}-", suffix=".tmp", dir=p.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
@@ -308,7 +326,7 @@ def put_file(local: str | os.PathLike, dest: str) -> None:
         _upload(Path(local), dest)
         return
     p = Path(dest)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = p.with_name(f".{p.name}.{_tag()}-{threading.get_ident()}.tmp")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(p.parent, p.name)
@@ -490,7 +508,7 @@ def publish_dir(local_dir: str | Path, dest: str, last: str | None = None) -> No
     local_dir = Path(local_dir)
     if not is_remote(dest):
         target = Path(dest)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        old = target.with_name(f".{target.name}.old-{_tag()}")
         moved = False
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -525,7 +543,7 @@ def staging_dir(dest: str) -> Iterator[Path]:
             base = Path(dest).parent
             base.mkdir(parents=True, exist_ok=True)
             clean_stale(base, name)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{os.getpid()}-", dir=base))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-{_tag()}-", dir=base))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the published directory is renamed as is
     except OSError as err:
         raise io_error(err, dest, doing="creating the staging directory") from None
@@ -589,7 +607,7 @@ def _object_id(blob) -> dict:
 def _write_stamp(local: Path, object_id: dict) -> None:
     st = local.stat()
     stamp = _stamp_path(local)
-    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}-{threading.get_ident()}.part")
+    tmp = stamp.with_name(f"{stamp.name}.{_tag()}-{threading.get_ident()}.part")
     tmp.write_text(json.dumps({"object": object_id, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
     os.replace(tmp, stamp)
 
@@ -621,7 +639,7 @@ def _fetch(blob, url: str, local: Path) -> None:
     """Download `blob` to `local` unless the cached copy is verifiably this object (generation
     and CRC32C); a download is checked against the object's CRC32C before it replaces anything."""
     object_id = _object_id(blob)  # read now: a download may reset blob's properties
-    tmp = local.with_name(f".{local.name}.{os.getpid()}-{threading.get_ident()}.part")
+    tmp = local.with_name(f".{local.name}.{_tag()}-{threading.get_ident()}.part")
     try:
         if _cached_copy_ok(blob, local):
             return

@@ -406,19 +406,25 @@ def test_read_only_output_is_one_line(small_fs):
 
 
 def test_debris_of_dead_writers_is_cleaned_and_live_ones_kept(tmp_path):
-    dead = 2**22 + 12345  # above any pid_max: no such process
-    for name in (f".data.tmp-{dead}-abc", f".data.tmp-{os.getpid()}-live", f".data.old-{dead}", ".data.tmp-oldstyle"):
+    dead, me, host = 2**22 + 12345, os.getpid(), storage._HOST  # dead: above any pid_max, no such process
+    other = "0" * 8 if host != "0" * 8 else "1" * 8  # another machine sharing the filesystem
+    dirs = (f".data.tmp-{dead}-{host}-abc", f".data.tmp-{me}-{host}-live", f".data.old-{dead}-{host}",
+            ".data.tmp-oldstyle", f".data.tmp-{dead}-{other}-theirs")
+    for name in dirs:
         (tmp_path / name).mkdir()
-    for name in (f".metrics.json.{dead}-x.tmp", f".metrics.json.{os.getpid()}-y.tmp", ".data.lock", "data.txt"):
+    for name in (f".metrics.json.{dead}-{host}-x.tmp", f".metrics.json.{me}-{host}-y.tmp", ".data.lock", "data.txt"):
         (tmp_path / name).write_text("x")
     old = (tmp_path / ".data.tmp-oldstyle").stat().st_mtime - 2 * 86400
     os.utime(tmp_path / ".data.tmp-oldstyle", (old, old))
     with storage.staging_dir(str(tmp_path / "data")) as staging:
-        assert staging.name.startswith(f".data.tmp-{os.getpid()}-")
+        assert staging.name.startswith(f".data.tmp-{me}-{host}-")
     storage.write_text(str(tmp_path / "metrics.json"), "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [f".data.tmp-{os.getpid()}-live", f".metrics.json.{os.getpid()}-y.tmp", ".data.lock", "data.txt",
-         "metrics.json"])
+        [f".data.tmp-{me}-{host}-live", f".data.tmp-{dead}-{other}-theirs", f".metrics.json.{me}-{host}-y.tmp",
+         ".data.lock", "data.txt", "metrics.json"])
+    theirs = tmp_path / f".data.tmp-{dead}-{other}-theirs"  # another machine's: removed once a day old
+    os.utime(theirs, (old, old))
+    assert storage.clean_stale(tmp_path, "data") == [theirs.name]
 
 
 def test_failed_publish_puts_the_previous_output_back(tmp_path, monkeypatch):
