@@ -76,7 +76,10 @@ def _block_runner(model, metrics: RankingMetrics):
                    tf.concat([weight[done:], tf.gather(w, real)], 0))
         return acc, state, pending
 
-    @tf.function(reduce_retracing=True)
+    width = int(model.initial_state(1)[-1].shape[-1])
+    queued = (tf.TensorSpec([None, width], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32))
+
+    @tf.function(input_signature=[queued])  # one trace whatever is left queued (no retracing per call)
     def flush(pending):
         pad = -tf.shape(pending[1])[0] % rows  # padded rows have weight 0: not counted
         return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending))

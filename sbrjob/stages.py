@@ -17,7 +17,6 @@ from typing import Optional
 
 from sbrjob import runs, storage
 from sbrjob.config import JobConfig, join, save_config
-from sbrjob.distribute import is_chief
 from sbrjob.errors import SbrjobError
 from sbrjob.runs import SPLITS, Prepared, Run
 
@@ -176,7 +175,7 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
 
     `on_epoch_end` hooks (tune's pruning) run after `train.patience`'s early stopping.
     """
-    from sbrjob.distribute import make_strategy
+    from sbrjob.distribute import is_chief, make_strategy  # TensorFlow: imported by the stages that train
     from sbrjob.train import configure_determinism, fit
 
     run = Run(cfg.output_dir)
