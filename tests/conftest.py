@@ -1,10 +1,14 @@
 """Shared fixtures: quiet TensorFlow, and paths to the real data in ../shared (skipped when absent)."""
 
+import logging
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from sbrjob import storage
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -68,3 +72,43 @@ def split_evaluators(cfg, valid_dir=None, test_dir=None) -> dict:
     if test_dir is not None:
         out["test"] = Evaluator(str(test_dir), cfg.eval)
     return out
+
+
+# ---------------------------------------------------------------- a local GCS emulator
+
+
+BUCKET = "sbrjob-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    from gcp_storage_emulator.server import create_server
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
+    port = _free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "SBRJOB_CACHE")}
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    os.environ["SBRJOB_CACHE"] = str(tmp_path_factory.mktemp("gcs-cache"))
+    yield server
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def gcs(emulator):
+    """An empty bucket for each test."""
+    storage.remove_tree(f"gs://{BUCKET}")
+    return f"gs://{BUCKET}"
+

@@ -25,7 +25,6 @@ from sbrjob.cli import app
 from sbrjob.config import load_config
 from sbrjob.errors import SbrjobError
 from sbrjob.runs import Run
-from test_storage import emulator, gcs  # noqa: F401  (the local GCS emulator fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -313,7 +312,7 @@ def preconditions(monkeypatch):
     monkeypatch.setattr(objects, "_multipart_upload", guarded)
 
 
-def test_gs_lock_is_a_precondition_object_with_a_documented_override(gcs, preconditions):  # noqa: F811
+def test_gs_lock_is_a_precondition_object_with_a_documented_override(gcs, preconditions):
     run = Run(f"{gcs}/locked-run")
     from sbrjob import storage
 

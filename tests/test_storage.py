@@ -5,7 +5,6 @@ no credentials in logs or errors, and the whole pipeline with every output on gs
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,42 +15,11 @@ import pytest
 from sbrjob import storage
 from sbrjob.errors import SbrjobError
 
-BUCKET = "sbrjob-test"
+
 RUN_BUCKET = "sbrjob-run"  # the pipeline's own bucket: per-test cleanup of BUCKET leaves it alone
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    from gcp_storage_emulator.server import create_server
-
-    logging.getLogger("gcp_storage_emulator").setLevel(logging.WARNING)
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "SBRJOB_CACHE")}
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    os.environ["SBRJOB_CACHE"] = str(tmp_path_factory.mktemp("gcs-cache"))
-    yield server
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture
-def gcs(emulator):
-    """An empty bucket for each test."""
-    storage.remove_tree(f"gs://{BUCKET}")
-    return f"gs://{BUCKET}"
 
 
 def make_tree(root: Path, files: dict[str, str]) -> Path:

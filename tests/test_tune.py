@@ -21,7 +21,6 @@ from sbrjob import tune_vertex as V
 from sbrjob.cli import app
 from sbrjob.config import load_config
 from sbrjob.errors import SbrjobError
-from test_storage import emulator, gcs  # noqa: F401  (the local GCS emulator fixtures)
 
 
 def tiny(tmp_path: Path, *extra: str):
