@@ -286,8 +286,9 @@ def _jsonl_sessions(path: str, text: str) -> list[Session]:
             raise SbrjobError(f"{where}: no \"items\" key; {_JSONL_HELP}")
         items = obj["items"]
         if isinstance(items, list):
-            bad = next((x for x in items if isinstance(x, bool) or not isinstance(x, (str, int))), None)
-            if bad is not None:
+            bad = [x for x in items if isinstance(x, bool) or not isinstance(x, (str, int))]
+            if bad:
+                bad = bad[0]
                 raise SbrjobError(f"{where}: \"items\" holds {json.dumps(bad)}; items are ids or titles "
                                   "(strings or integers)")
             items = [str(x) for x in items]
