@@ -150,6 +150,7 @@ def train(
     reexport: Annotated[bool, typer.Option(help="Re-run prepare and export even when their outputs are current (not on a trained run).")] = False,
     fresh: FreshOpt = False,
     break_lock: BreakLockOpt = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the best epoch and test metrics as JSON instead of a summary.")] = False,
 ) -> None:
     """Train GRU4Rec under tf.distribute; resumes from the last checkpoint; writes checkpoints and metrics.json.
 
@@ -157,7 +158,10 @@ def train(
     raw data to a model. Once a run has checkpoints it is bound to its config and to the content of
     its inputs: a change that would alter its data, shards or model is refused with the keys that
     differ (--fresh starts it anew and moves the old run to OUTPUT_DIR/attic/). Re-running a
-    finished run does nothing and says so; raising train.epochs continues it.
+    finished run does nothing and says so; raising train.epochs continues it. Example:
+
+    \b
+      sbrjob train --config movielens --set data.path=data/ml-1m/ratings.dat --set train.epochs=10
     """
     from sbrjob.stages import train_stage
 
@@ -168,7 +172,29 @@ def train(
         score = f"test {cfg.eval.metric.upper()} {test[cfg.eval.metric]:.4f}" if cfg.eval.metric in test else "no test metrics"
         typer.echo(f"run {cfg.output_dir} is complete: {score} (best epoch {metrics.get('best_epoch')}); nothing to do "
                    "(raise train.epochs to continue, --fresh to start anew)", err=True)
-    _print_json({"best_epoch": metrics.get("best_epoch"), "test": metrics.get("test")})
+    if as_json:
+        _print_json({"best_epoch": metrics.get("best_epoch"), "test": metrics.get("test")})
+    elif not complete:
+        typer.echo(_train_summary(cfg, metrics))
+
+
+def _train_summary(cfg, metrics: dict) -> str:
+    """The few lines a person reads after training: best epoch, test metrics, where things are, what next."""
+    metric, best = cfg.eval.metric, metrics.get("best_epoch")
+    epochs = metrics.get("epochs") or []
+    record = next((r for r in epochs if r["epoch"] == best), {})
+    valid = (record.get("valid") or {}).get(metric)
+    lines = [f"best epoch {best} of {len(epochs)}" + (f": valid {metric} {valid:.4f}" if valid is not None else "")
+             + (f" (stopped: {metrics['stopped']})" if metrics.get("stopped") else "")]
+    test = metrics.get("test") or {}
+    if test:
+        shown = [k for k in (f"recall@{metric.partition('@')[2]}", metric) if k in test]
+        lines.append(f"test ({test['events']:,} events): " + "  ".join(f"{k} {test[k]:.4f}" for k in shown))
+    run = cfg.output_dir
+    lines.append(f"run: {run} (metrics.json, checkpoints/best, training_curves.png, tensorboard/)")
+    lines.append(f"next: sbrjob evaluate --run {run}  |  sbrjob recommend --run {run} --items ID,ID  |  "
+                 f"sbrjob export-model --run {run}")
+    return "\n".join(lines)
 
 
 @app.command()
@@ -400,10 +426,24 @@ def tune(
 
 
 @app.command("config")
-def show_config(config: ConfigOpt, set_: SetOpt = None) -> None:
-    """Print the resolved config (after validation and --set overrides)."""
-    from sbrjob.config import dump_config
+def show_config(
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Job config: a path, gs:// URL or packaged name (tiny, movielens, yoochoose).")] = None,
+    set_: SetOpt = None,
+    explain: Annotated[Optional[str], typer.Option("--explain", metavar="KEY", help="Print what a key means (type, default, notes), e.g. --explain train.patience.")] = None,
+) -> None:
+    """Print the resolved config (after validation and --set overrides), or explain one key.
 
+    \b
+      sbrjob config --config movielens --set train.lr=0.05
+      sbrjob config --explain sessions.gap
+    """
+    from sbrjob.config import dump_config, explain as explain_key
+
+    if explain:
+        typer.echo(explain_key(explain))
+        return
+    if config is None:
+        raise SbrjobError("give --config CONFIG (to print it) or --explain KEY")
     typer.echo(dump_config(_load(config, set_)), nl=False)
 
 

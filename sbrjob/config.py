@@ -467,3 +467,59 @@ def save_config(cfg: JobConfig, directory: str) -> None:
     from sbrjob import storage
 
     storage.write_text(join(directory, "config.yaml"), dump_config(cfg))
+
+
+# ---------------------------------------------------------------- documentation of keys
+
+
+def explain(key: str) -> str:
+    """`sbrjob config --explain KEY`: the key's type, default and the schema's own comment for it."""
+    import inspect
+
+    section, _, name = key.partition(".")
+    hints = typing.get_type_hints(JobConfig)
+    names = [f.name for f in dataclasses.fields(JobConfig)]
+    cls, owner = JobConfig, None
+    if name:
+        cls = hints.get(section)
+        if cls is None or not dataclasses.is_dataclass(cls):
+            hint = difflib.get_close_matches(section, [n for n in names if dataclasses.is_dataclass(hints[n])], n=1)
+            raise SbrjobError(f"--explain {key}: unknown section {section!r}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        owner = section
+    else:
+        name = section
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in fields:
+        full = [f"{owner}.{n}" if owner else n for n in fields]
+        hint = difflib.get_close_matches(key, full, n=1)
+        raise SbrjobError(f"--explain {key}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    f = fields[name]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    lines = inspect.getsource(cls).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
+    notes = []
+    for line in reversed(lines[:at]):  # the comment block right above the field
+        if not line.strip().startswith("#"):
+            break
+        notes.insert(0, line.strip()[1:].strip())
+    if "#" in lines[at]:
+        notes.append(lines[at].split("#", 1)[1].strip())
+    text = f"{key}: {_type_text(typing.get_type_hints(cls)[name])} = {default!r}"
+    return text + ("\n  " + "\n  ".join(notes) if notes else "")
+
+
+def _type_text(tp: Any) -> str:
+    """A type as a user reads it: `one of xe|bpr-max`, `float or null`, `list of int`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return " or ".join(_type_text(a) for a in inner) + (" or null" if len(inner) < len(args) else "")
+    if origin is list:
+        return f"list of {_type_text(args[0])}"
+    if origin is dict:
+        return f"mapping of {_type_text(args[0])} to {_type_text(args[1])}"
+    return getattr(tp, "__name__", str(tp))
+

@@ -56,3 +56,42 @@ def write_report(path: str, logs: dict, title: str = "") -> None:
         fig.suptitle(f"{title}: prepared data")
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.85, wspace=0.22)  # fixed: tight_layout is slow
     fig.savefig(path, dpi=90)
+
+
+def training_curves(history: list[dict], metric: str, title: str = "") -> bytes:
+    """`training_curves.png` of a run: train loss and the validation `metric` per epoch (left, two
+    axes), steady-state train events/s per epoch (right). Returns the PNG bytes."""
+    import io
+
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [r["epoch"] for r in history]
+    fig = Figure(figsize=(10, 3.8))
+    ax_loss, ax_speed = fig.subplots(1, 2)
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", color="tab:blue", label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("train loss", color="tab:blue")
+    ax_loss.grid(alpha=0.3)
+    valid = [(r["epoch"], r["valid"][metric]) for r in history if (r.get("valid") or {}).get(metric) is not None]
+    if valid:
+        ax_valid = ax_loss.twinx()
+        ax_valid.plot(*zip(*valid), "s-", color="tab:orange", label=f"valid {metric}")
+        ax_valid.set_ylabel(f"valid {metric}", color="tab:orange")
+        best = max(valid, key=lambda v: v[1])
+        ax_valid.annotate(f"best {best[1]:.4f}", best, textcoords="offset points", xytext=(0, -14), ha="center",
+                          fontsize=8, color="tab:orange")
+    ax_loss.set_title("loss and validation metric")
+    ax_speed.bar(epochs, [r["train_events_per_s"] for r in history], color="tab:green")
+    ax_speed.set_xlabel("epoch")
+    ax_speed.set_ylabel("train events/s (steady state)")
+    ax_speed.grid(alpha=0.3, axis="y")
+    ax_speed.set_title("training throughput")
+    for ax in (ax_loss, ax_speed):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(f"{title}: training")
+    fig.subplots_adjust(left=0.08, right=0.97, bottom=0.14, top=0.84, wspace=0.5)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()

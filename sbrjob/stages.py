@@ -69,10 +69,14 @@ def ensure_prepared(run: Run, cfg: JobConfig, force: bool = False) -> Prepared:
         manifest = None  # an untrained run: rebuilt below
     inputs = runs.input_identity(cfg, (manifest or {}).get("inputs"))
     if not force and runs.data_is_current(manifest, cfg, inputs):
+        log.info("prepare: %s is current for this config and input (kept)", run.data_dir)
         return Prepared(run.data_dir, manifest)
     if run.has_checkpoints() and (manifest is not None or force):
         raise _trained_refusal(run, f"{run.data_dir}: {'--force' if force else 'prepared data is stale'}")
-    prepare(cfg, inputs)
+    log.info("prepare: %s -> %s", ", ".join(r["path"] for r in inputs), run.data_dir)
+    stats = prepare(cfg, inputs)
+    log.info("prepare: %s in %.1f s", ", ".join(f"{s} {stats[s]['events']:,} events / {stats[s]['sessions']:,} sessions"
+                                              for s in SPLITS) + f", {stats['n_items']:,} items", stats["seconds"])
     return Prepared.open(run.data_dir)
 
 
@@ -86,7 +90,14 @@ def ensure_exported(run: Run, cfg: JobConfig, data: Prepared, force: bool = Fals
         present = [s for s in stale if storage.exists(join(run.split_dir(s), shards.MANIFEST))]
         if force or present:
             raise _trained_refusal(run, f"{run.shards_dir}: {'--force' if force else 'stale shards of ' + ', '.join(present)}")
-    out = export.export(cfg, data, stale) if stale else {}
+    out = {}
+    if stale:
+        log.info("export: %s -> %s (%s)", data.data_dir, run.shards_dir, ", ".join(stale))
+        t0 = time.perf_counter()
+        out = export.export(cfg, data, stale)
+        log.info("export: %s in %.1f s", ", ".join(f"{s} {m['pairs']:,} pairs on {m['lanes']} lanes "
+                                                 f"({m['padding']:.0%} padding)" for s, m in out.items()),
+                 time.perf_counter() - t0)
     return {s: out[s] if s in out else shards.read_manifest(run.split_dir(s)) for s in splits}
 
 
@@ -193,6 +204,9 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
             data, manifests = wait_for_export(run, cfg)
         configure_determinism(cfg)
         strategy, kind = make_strategy(cfg.train.strategy)
+        if chief:
+            log.info("train: %s -> %s (%s, %d replica(s), %d epochs)", run.split_dir("train"), run.checkpoint_dir,
+                     kind, strategy.num_replicas_in_sync, cfg.train.epochs)
         n_items = int(manifests["train"]["n_items"])
         support = data.item_support()
         if len(support) != n_items:
@@ -251,7 +265,11 @@ def evaluate_stage(run: Run, cfg: JobConfig, checkpoint: str = "best", split: st
     if runs.stored_fingerprint(trained.checkpoint) not in (want, None):
         raise SbrjobError(f"{trained.checkpoint}: trained on other data or shards than {run.dir} holds now; "
                           "retrain with `sbrjob train --fresh`")
+    log.info("evaluate: %s on %s", trained.checkpoint, run.split_dir(split))
+    t0 = time.perf_counter()
     result = evaluate_model(trained.model, run.split_dir(split), cfg.eval, data.item_support())
+    log.info("evaluate: %s events in %.1f s -> %s", f"{result['events']:,}", time.perf_counter() - t0,
+             run.eval_path(split))
     result["checkpoint"] = checkpoint
     storage.write_text(run.eval_path(split), json.dumps(result, indent=2) + "\n")
     return result

@@ -45,6 +45,7 @@ from sbrjob.errors import SbrjobError
 from sbrjob.losses import NegativeSampler, step_lane_losses
 from sbrjob.model import GRU4Rec
 from sbrjob.optim import make_optimizer
+from sbrjob.report import training_curves
 from sbrjob.shards import check_layout, distribute_blocks, read_manifest
 
 log = logging.getLogger("sbrjob.train")
@@ -400,6 +401,8 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
         log.debug("epoch %d: %s", epoch + 1, json.dumps(record))
         if chief:
             report.write(history)
+            storage.write_bytes(join(cfg.output_dir, "training_curves.png"),
+                                training_curves(history, cfg.eval.metric, cfg.name))
 
     test = None
     if "test" in evaluators:

@@ -90,7 +90,7 @@ case "$MODE" in
     [ "$hits" = 1 ] || fail "the numba kernel was recompiled at run time (cache hits: $hits)"
     say "numba kernel loaded from the build-time cache"
     t0=$SECONDS
-    out=$(engine run --rm --network none "$IMAGE" train --config tiny) || fail "$ENGINE run $IMAGE train --config tiny"
+    out=$(engine run --rm --network none "$IMAGE" train --config tiny --json) || fail "$ENGINE run $IMAGE train --config tiny"
     say "train --config tiny ran in $((SECONDS - t0)) s"
     python3 - "$out" <<'PY' || fail "train output: $out"
 import json, sys

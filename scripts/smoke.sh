@@ -29,7 +29,7 @@ for split in train valid test; do
 done
 
 step "train (1 epoch)"
-$SBRJOB train "${JOB[@]}" > "$TMP/train.out"
+$SBRJOB train "${JOB[@]}" --json > "$TMP/train.out"
 need metrics.json config.yaml
 ls "$RUN"/checkpoints/*/checkpoint >/dev/null 2>&1 || fail "no checkpoint under $RUN/checkpoints"
 

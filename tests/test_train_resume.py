@@ -39,7 +39,7 @@ run()
 
 
 def cli_args(out):
-    args = ["train", "--config", "tiny", "--set", f"output_dir={out}"]
+    args = ["train", "--config", "tiny", "--json", "--set", f"output_dir={out}"]
     for s in SETTINGS:
         args += ["--set", s]
     return args
