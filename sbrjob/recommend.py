@@ -372,11 +372,17 @@ class BatchRecommender:
 
     Sessions are taken in windows of `window` (default 8 x batch_size), sorted by length within the
     window and stepped `batch_size` at a time through one compiled graph (`serving.Recommender`'s,
-    so the same numbers as the exported `recommend` signature).
+    so the same numbers as the exported `recommend` signature). On a CPU with numba (`kernel`
+    None = auto) the top-k is taken by `kernels.rank_and_top` from slices of SCORE_CELLS scores:
+    TF's TopK cost more than scoring (3.7k items: 23 ms per 1,024 rows against 7 ms; 37k items:
+    235 ms against 47 ms); it gives the same lists (ties: lower index first, as tf.math.top_k).
     """
 
+    SCORE_CELLS = 4 * 1024 * 1024  # scores per slice: 1,133 rows at 3.7k items
+
     def __init__(self, run_dir: str, k: int = 10, exclude_seen: bool = True, checkpoint: str = "best",
-                 batch_size: int = 1024, trained=None):
+                 batch_size: int = 1024, trained=None, kernel: bool | None = None):
+        from sbrjob import kernels
         from sbrjob.runs import load_trained
         from sbrjob.serving import Recommender
 
@@ -390,13 +396,27 @@ class BatchRecommender:
         rec = Recommender(trained.model, self.ids.tolist(), k)
         table = trained.model.input_table()  # inference: one row gather per event instead of a matmul
 
+        model = trained.model
+        self._kernel = (kernels.available and not tf.config.list_logical_devices("GPU")) if kernel is None \
+            else bool(kernel)
+        self._rank_and_top = kernels.rank_and_top
+
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32),
                                       tf.TensorSpec([], tf.bool)])
         def top(index, k, exclude):
             state = rec.history_state(index, table)
             return rec.top_indices(state[-1], k, tf.where(exclude, index, -tf.ones_like(index)))
 
-        self._top = top
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
+        def last_state(index):
+            return rec.history_state(index, table)[-1]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, sum(model.sizes)], tf.float32)])
+        def scores(h):
+            return model.item_scores(h)
+
+        self._top, self._last_state, self._item_scores = top, last_state, scores
+        self._k = min(self.k, len(self.ids))
 
     def resolve(self, items) -> tuple[list[int], list[str]]:
         """(indices, unknown) of a session's items (a list of ids/titles, or a string like --items)."""
@@ -419,8 +439,24 @@ class BatchRecommender:
         index = np.full((len(sessions), length), -1, np.int32)
         for row, s in enumerate(sessions):
             index[row, :len(s)] = s
-        top, scores = self._top(index, self.k, self.exclude_seen)
-        return top.numpy(), scores.numpy()
+        if not self._kernel:
+            top, scores = self._top(index, self.k, self.exclude_seen)
+            return top.numpy(), scores.numpy()
+        h = self._last_state(index)
+        rows = max(1, self.SCORE_CELLS // len(self.ids))
+        tops, values = [], []
+        for lo in range(0, len(index), rows):
+            s = self._item_scores(h[lo:lo + rows]).numpy()
+            if not s.flags.writeable:
+                s = s.copy()
+            if self.exclude_seen:
+                part = index[lo:lo + rows]
+                r, c = np.nonzero(part >= 0)
+                s[r, part[r, c]] = -np.inf
+            top = self._rank_and_top(s, np.zeros(len(s), np.int64), "standard", self._k)[1]
+            tops.append(top)
+            values.append(np.take_along_axis(s, top, axis=1))
+        return np.concatenate(tops), np.concatenate(values)
 
     def run(self, sessions, window: int | None = None):
         """Yield one result per session (a `Session` or a (session_id, items) pair), in order."""
@@ -441,11 +477,15 @@ class BatchRecommender:
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             top, scores = self._scores([resolved[i][0] for i in rows])
-            finite = np.isfinite(scores)
+            id_rows = self.ids[top].tolist()  # whole batch at once: per-row numpy calls cost more
+            score_rows = np.round(scores.astype(np.float64), 6).tolist()
+            short = set(np.flatnonzero(np.isneginf(scores).any(axis=1)).tolist())  # excluded slots at the end
             for r, i in enumerate(rows):
-                keep = finite[r]
-                out[i] = {"session_id": chunk[i].session_id, "item_ids": self.ids[top[r][keep]].tolist(),
-                          "scores": np.round(scores[r][keep].astype(np.float64), 6).tolist(),
+                ids_, scores_ = id_rows[r], score_rows[r]
+                if r in short:
+                    n = int(np.isfinite(scores[r]).sum())
+                    ids_, scores_ = ids_[:n], scores_[:n]
+                out[i] = {"session_id": chunk[i].session_id, "item_ids": ids_, "scores": scores_,
                           "known": len(resolved[i][0]), "unknown": resolved[i][1]}
         return out
 

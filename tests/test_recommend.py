@@ -228,7 +228,8 @@ def test_malformed_sessions_name_the_line(tmp_path, name, text, message):
         read_sessions(str(tmp_path / name))
 
 
-def test_batch_matches_single_session_recommend(run_dir):
+@pytest.mark.parametrize("kernel", [True, False], ids=["numba-topk", "tf-topk"])
+def test_batch_matches_single_session_recommend(run_dir, kernel):
     from sbrjob.recommend import BatchRecommender
     from sbrjob.runs import load_trained
 
@@ -237,7 +238,8 @@ def test_batch_matches_single_session_recommend(run_dir):
     rng = np.random.default_rng(1)
     sessions = [(f"s{n}", [ids[i] for i in rng.integers(0, len(ids), rng.integers(1, 15))]) for n in range(30)]
     sessions += [("titles", "Synthetic Movie 18; no such film"), ("unknown", ["nope", "99999"]), ("empty", [])]
-    batch = BatchRecommender(run_dir, k=7, batch_size=8, trained=trained)  # several batches, windows of 16
+    batch = BatchRecommender(run_dir, k=7, batch_size=8, trained=trained, kernel=kernel)  # batches, windows of 16
+    batch.SCORE_CELLS = 3 * len(ids)  # kernel: scores in slices of 3 rows
     got = list(batch.run(sessions, window=16))
     assert [g["session_id"] for g in got] == [s for s, _ in sessions]
     for (sid, items), g in zip(sessions[:30], got):
@@ -254,6 +256,11 @@ def test_batch_matches_single_session_recommend(run_dir):
     for g in got[-2:]:  # nothing known: the zero-state ranking, never an error
         assert g["known"] == 0 and len(g["item_ids"]) == 7
     assert got[-2]["unknown"] == ["nope", "99999"] and got[-2]["item_ids"] == got[-1]["item_ids"]
+    # k bounded by the catalogue; the seen items are left out, not filled with placeholders
+    whole = BatchRecommender(run_dir, k=10**6, trained=trained, kernel=kernel)
+    for (_, items), g in zip(sessions[:5], whole.run(sessions[:5])):
+        assert len(g["item_ids"]) == len(ids) - len(set(items)) and not set(g["item_ids"]) & set(items)
+        assert np.all(np.isfinite(g["scores"])) and g["scores"] == sorted(g["scores"], reverse=True)
 
 
 def test_batch_cli_jsonl_and_csv(run_dir, tmp_path):
