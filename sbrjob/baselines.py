@@ -33,6 +33,7 @@ import tensorflow as tf
 from sbrjob.config import EvalConfig
 from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
+from sbrjob.progress import Bar
 
 log = logging.getLogger("sbrjob.baselines")
 
@@ -280,11 +281,15 @@ def make_baseline(name: str, ev: EvalConfig):
     raise SbrjobError(f"eval.baselines: unknown baseline {name!r}; use pop, spop, itemknn, vsknn")
 
 
-def evaluate_baseline(model, test: Sessions, metrics: RankingMetrics) -> RankingMetrics:
+def evaluate_baseline(model, test: Sessions, metrics: RankingMetrics, bar: Bar | None = None) -> RankingMetrics:
     """Score every (prefix, next item) pair of `test` with a fitted baseline into `metrics`."""
+    done = 0
     for chunk in chunks(test, metrics.n_items):
         if len(chunk.rows):
             metrics.add(np.ascontiguousarray(model.score(chunk), np.float32), chunk.targets)
+            done += len(chunk.rows)
+            if bar is not None:
+                bar.update(done)
     return metrics
 
 
@@ -310,9 +315,12 @@ def run_baselines(ev: EvalConfig, train: Sessions, test: Sessions, support: np.n
     results = {}
     for name in ev.baselines:
         t0 = time.perf_counter()
+        log.info("baselines: %s fits on %s train sessions", name, f"{train.n:,}")
         model = make_baseline(name, ev).fit(train, n_items)
+        bar = Bar(f"baselines {name}", test.pairs, "test events")
         metrics = evaluate_baseline(model, test, RankingMetrics(n_items, ev.cutoffs, ev.ties, support,
-                                                                ev.beyond_accuracy))
+                                                                ev.beyond_accuracy), bar)
+        bar.close()
         if metrics.events != test.pairs:
             raise SbrjobError(f"{name}: evaluated {metrics.events} events, the test split has {test.pairs} pairs")
         results[name] = {"split": "test", **metrics.result(), "seconds": round(time.perf_counter() - t0, 3)}

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -30,10 +30,10 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="Job config: a path, gs:// URL or packaged name (tiny, movielens, yoochoose).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="Override a config key, e.g. --set train.lr=0.05 (repeatable).")]
-RunOpt = Annotated[Optional[str], typer.Option("--run", "-r", help="A run directory (a job's output_dir, local or gs://); its own config is used.")]
-ConfigRunOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="Instead of --run: a config whose output_dir is the run (it must agree with the run).")]
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", metavar="CONFIG", help="Job config: a path, gs:// URL or packaged name (tiny, movielens, yoochoose).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config key, e.g. --set train.lr=0.05 (repeatable).")]
+RunOpt = Annotated[Optional[str], typer.Option("--run", "-r", metavar="DIR", help="A run directory (a job's output_dir, local or gs://); its own config is used.")]
+ConfigRunOpt = Annotated[Optional[str], typer.Option("--config", "-c", metavar="CONFIG", help="Instead of --run: a config whose output_dir is the run (it must agree with the run).")]
 ForceOpt = Annotated[bool, typer.Option(help="Rewrite the output even when it is current (not on a trained run).")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start the run anew: its previous outputs, checkpoints included, are moved to OUTPUT_DIR/attic/<time>/.")]
 BreakLockOpt = Annotated[bool, typer.Option("--break-lock", help="gs:// runs: remove a lock left by a job that was killed without cleanup (only when no job is using the run).")]
@@ -91,7 +91,7 @@ def _use_run(run: Optional[str], config: Optional[str], set_: Optional[list[str]
 def prepare(
     config: ConfigOpt,
     set_: SetOpt = None,
-    on_bad_lines: Annotated[Optional[str], typer.Option(help="error (default): stop at the first malformed line and name it; skip: drop such lines and count them in stats.json.")] = None,
+    on_bad_lines: Annotated[Optional[Literal["error", "skip"]], typer.Option(help="error (default): stop at the first malformed line and name it; skip: drop such lines and count them in stats.json.")] = None,
     force: ForceOpt = False,
     fresh: FreshOpt = False,
 ) -> None:
@@ -102,7 +102,10 @@ def prepare(
     split.scheme given, data.valid_path/test_path are used as they are), table (CSV/TSV/Parquet with
     data.columns), sample (the embedded synthetic MovieLens-format data). Data that is current for
     the config and the inputs' content is kept (--force rewrites it); a trained run's data is never
-    rewritten (--fresh starts the run anew). Prints a per-split summary as JSON.
+    rewritten (--fresh starts the run anew). Prints a per-split summary as JSON. Example:
+
+    \b
+      sbrjob prepare --config movielens --set data.path=data/ml-1m/ratings.dat --set sessions.gap=3600
     """
     from sbrjob.stages import prepare_stage
 
@@ -135,6 +138,10 @@ def export_(
     OUTPUT_DIR/shards/<split>/ (train: export.batch_size lanes in export.shards shards; valid/test:
     export.eval_batch_size lanes in export.eval_shards shards); splits whose manifest still matches
     the data and the export settings are kept. Prints lanes, blocks, pairs and padding per split.
+    Example:
+
+    \b
+      sbrjob export --config movielens --set export.batch_size=128
     """
     from sbrjob.stages import export_stage
 
@@ -202,14 +209,17 @@ def evaluate(
     run: RunOpt = None,
     config: ConfigRunOpt = None,
     set_: SetOpt = None,
-    checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
-    split: Annotated[str, typer.Option(help="test or valid.")] = "test",
+    checkpoint: Annotated[str, typer.Option(metavar="best|last|PATH", help="best, last, or a checkpoint path.")] = "best",
+    split: Annotated[Literal["test", "valid"], typer.Option(help="test or valid.")] = "test",
 ) -> None:
     """Full-ranking evaluation (official GRU4Rec protocol): Recall, MRR, NDCG, coverage and popularity at each cutoff.
 
     Every position of every session is predicted from a zero state at the session start; the true
     next item is ranked against all items (ties: eval.ties). Uses the run's own config and data
-    (eval keys may be changed with --set); writes OUTPUT_DIR/eval_<split>.json.
+    (eval keys may be changed with --set); writes OUTPUT_DIR/eval_<split>.json. Example:
+
+    \b
+      sbrjob evaluate --run runs/movielens --checkpoint best --split test --set eval.ties=standard
     """
     from sbrjob.stages import evaluate_stage
 
@@ -224,7 +234,10 @@ def baselines(run: RunOpt = None, config: ConfigRunOpt = None, set_: SetOpt = No
     Fits on the train split, evaluates on the test split with the same full-ranking metrics as
     `evaluate`; writes OUTPUT_DIR/baselines.json and comparison.md (with GRU4Rec's test metrics
     when the run has them). Choose baselines and kNN sizes in the config's eval section. On a run
-    that is not trained yet, --config prepares its data first.
+    that is not trained yet, --config prepares its data first. Example:
+
+    \b
+      sbrjob baselines --run runs/movielens --set eval.baselines=[pop,vsknn]
     """
     from sbrjob.stages import baselines_stage
 
@@ -330,14 +343,18 @@ def export_model(
 @app.command()
 def download(
     dataset: Annotated[str, typer.Argument(help="movielens-1m, or yoochoose (prints manual instructions).")],
-    to: Annotated[str, typer.Option(help="Directory to extract into.")] = "data",
-    url: Annotated[Optional[str], typer.Option(help="Override the archive URL (mirrors, tests).")] = None,
-    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 when --url serves a different archive than the official one.")] = None,
+    to: Annotated[str, typer.Option(metavar="DIR", help="Directory to extract into.")] = "data",
+    url: Annotated[Optional[str], typer.Option(metavar="URL", help="Override the archive URL (mirrors, tests).")] = None,
+    sha256: Annotated[Optional[str], typer.Option(metavar="HEX", help="Expected SHA-256 when --url serves a different archive than the official one.")] = None,
 ) -> None:
     """Fetch a public dataset, verify its checksum and extract it safely; does nothing if already there.
 
     Prints the dataset directory (e.g. DIR/ml-1m). DIR may be a gs:// prefix. YOOCHOOSE needs a
     manual download: the command prints where and how, and exits with code 3 until the file is there.
+    Example:
+
+    \b
+      sbrjob download movielens-1m --to data
     """
     from sbrjob.download import ManualDownload, download as run_download
 
@@ -351,24 +368,27 @@ def download(
 @app.command()
 def submit(
     config: ConfigOpt,
-    image: Annotated[str, typer.Option(help="Container image URI with sbrjob installed (docker/Dockerfile, Dockerfile.gpu, or FLAVOUR=tpu).")],
+    image: Annotated[str, typer.Option(metavar="URI", help="Container image URI with sbrjob installed (docker/Dockerfile, Dockerfile.gpu, or FLAVOUR=tpu).")],
     set_: SetOpt = None,
-    accelerator: Annotated[str, typer.Option(help="cpu, gpu or tpu.")] = "gpu",
-    replicas: Annotated[int, typer.Option(help="GPUs per machine (1, 2, 4, 8), or 8 TPU cores.")] = 1,
-    workers: Annotated[int, typer.Option(help="Machines; with more than one the platform sets TF_CONFIG and training uses multi_worker.")] = 1,
-    region: Annotated[str, typer.Option(help="Cloud region.")] = "us-central1",
-    project: Annotated[Optional[str], typer.Option(help="Cloud project id (default: that of the application-default credentials).")] = None,
-    accelerator_type: Annotated[Optional[str], typer.Option(help="NVIDIA_TESLA_T4 (default), NVIDIA_L4, NVIDIA_TESLA_A100; TPU_V3 (default) or TPU_V2.")] = None,
-    machine_type: Annotated[Optional[str], typer.Option(help="Override the machine type chosen for the accelerator.")] = None,
-    service_account: Annotated[Optional[str], typer.Option(help="Service account the job runs as (needs read/write on the gs:// paths).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Display name; default sbrjob-<config name>.")] = None,
+    accelerator: Annotated[Literal["cpu", "gpu", "tpu"], typer.Option(help="cpu, gpu or tpu.")] = "gpu",
+    replicas: Annotated[int, typer.Option(metavar="N", help="GPUs per machine (1, 2, 4, 8), or 8 TPU cores.")] = 1,
+    workers: Annotated[int, typer.Option(metavar="N", help="Machines; with more than one the platform sets TF_CONFIG and training uses multi_worker.")] = 1,
+    region: Annotated[str, typer.Option(metavar="REGION", help="Cloud region.")] = "us-central1",
+    project: Annotated[Optional[str], typer.Option(metavar="PROJECT", help="Cloud project id (default: that of the application-default credentials).")] = None,
+    accelerator_type: Annotated[Optional[str], typer.Option(metavar="TYPE", help="NVIDIA_TESLA_T4 (default), NVIDIA_L4, NVIDIA_TESLA_A100; TPU_V3 (default) or TPU_V2.")] = None,
+    machine_type: Annotated[Optional[str], typer.Option(metavar="TYPE", help="Override the machine type chosen for the accelerator.")] = None,
+    service_account: Annotated[Optional[str], typer.Option(metavar="EMAIL", help="Service account the job runs as (needs read/write on the gs:// paths).")] = None,
+    name: Annotated[Optional[str], typer.Option(metavar="NAME", help="Display name; default sbrjob-<config name>.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact job spec (JSON) and submit nothing.")] = False,
 ) -> None:
     """Submit `sbrjob train` as a Vertex AI custom job: 1 GPU, several GPUs, several workers, or a TPU VM.
 
     output_dir and the data paths must be gs:// (checked before anything is submitted); a local
     config file is uploaded to OUTPUT_DIR/submit/. Credentials: application-default
-    (`gcloud auth application-default login`, or the service account of the machine).
+    (`gcloud auth application-default login`, or the service account of the machine). Example:
+
+    \b
+      sbrjob submit --config gs://B/movielens.yaml --image REGION-docker.pkg.dev/P/R/sbrjob:gpu --dry-run
     """
     from sbrjob.cloud import submit as run_submit
 
@@ -382,17 +402,17 @@ def submit(
 def tune(
     config: ConfigOpt,
     set_: SetOpt = None,
-    trials: Annotated[int, typer.Option(help="Trials in total, counting those an earlier (interrupted) run of the same study finished.")] = 20,
-    space: Annotated[Optional[str], typer.Option(help="YAML search space overriding the default key by key (e.g. `train.lr: {low: 0.01, high: 0.1, log: true}`; a plain value pins a key, null drops it). Default: the GRU4Rec authors' ranges for the config's loss.")] = None,
+    trials: Annotated[int, typer.Option(metavar="N", help="Trials in total, counting those an earlier (interrupted) run of the same study finished.")] = 20,
+    space: Annotated[Optional[str], typer.Option(metavar="FILE", help="YAML search space overriding the default key by key (e.g. `train.lr: {low: 0.01, high: 0.1, log: true}`; a plain value pins a key, null drops it). Default: the GRU4Rec authors' ranges for the config's loss.")] = None,
     cloud: Annotated[bool, typer.Option("--cloud", help="Run the search as a Vertex AI hyperparameter-tuning job instead of here: every trial is a cloud training job that reports its validation metric to the service. Needs --image, a gs:// output_dir and data.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --cloud (implied): print the HyperparameterTuningJob spec (JSON) and submit nothing.")] = False,
-    image: Annotated[Optional[str], typer.Option(help="Cloud: container image URI with sbrjob installed.")] = None,
-    accelerator: Annotated[str, typer.Option(help="Cloud: cpu, gpu or tpu per trial.")] = "gpu",
-    accelerator_type: Annotated[Optional[str], typer.Option(help="Cloud: e.g. NVIDIA_TESLA_T4 (default), NVIDIA_L4, TPU_V3.")] = None,
-    replicas: Annotated[int, typer.Option(help="Cloud: GPUs (or TPU cores) per trial.")] = 1,
-    parallel: Annotated[int, typer.Option(help="Cloud: trials the service runs at the same time.")] = 1,
-    region: Annotated[str, typer.Option(help="Cloud region.")] = "us-central1",
-    project: Annotated[Optional[str], typer.Option(help="Cloud project id (default: that of the application-default credentials).")] = None,
+    image: Annotated[Optional[str], typer.Option(metavar="URI", help="Cloud: container image URI with sbrjob installed.")] = None,
+    accelerator: Annotated[Literal["cpu", "gpu", "tpu"], typer.Option(help="Cloud: cpu, gpu or tpu per trial.")] = "gpu",
+    accelerator_type: Annotated[Optional[str], typer.Option(metavar="TYPE", help="Cloud: e.g. NVIDIA_TESLA_T4 (default), NVIDIA_L4, TPU_V3.")] = None,
+    replicas: Annotated[int, typer.Option(metavar="N", help="Cloud: GPUs (or TPU cores) per trial.")] = 1,
+    parallel: Annotated[int, typer.Option(metavar="N", help="Cloud: trials the service runs at the same time.")] = 1,
+    region: Annotated[str, typer.Option(metavar="REGION", help="Cloud region.")] = "us-central1",
+    project: Annotated[Optional[str], typer.Option(metavar="PROJECT", help="Cloud project id (default: that of the application-default credentials).")] = None,
     break_lock: BreakLockOpt = False,
 ) -> None:
     """Hyperparameter search with Optuna, optimising the VALIDATION metric (eval.metric, default mrr@20).
@@ -403,6 +423,10 @@ def tune(
     Writes OUTPUT_DIR/tune/leaderboard.{csv,json} (parameters, validation and test metrics, events/s),
     best.yaml (train it with `sbrjob train --config OUTPUT_DIR/tune/best.yaml`) and tune_report.png
     (optimisation history, parameter importances). Test metrics are reported, never used to choose.
+    Example:
+
+    \b
+      sbrjob tune --config movielens --trials 30 --set train.epochs=3
     """
     if cloud or dry_run:
         from sbrjob.tune_vertex import submit_tuning_job, vertex_tuning_job
@@ -427,7 +451,7 @@ def tune(
 
 @app.command("config")
 def show_config(
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Job config: a path, gs:// URL or packaged name (tiny, movielens, yoochoose).")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", metavar="CONFIG", help="Job config: a path, gs:// URL or packaged name (tiny, movielens, yoochoose).")] = None,
     set_: SetOpt = None,
     explain: Annotated[Optional[str], typer.Option("--explain", metavar="KEY", help="Print what a key means (type, default, notes), e.g. --explain train.patience.")] = None,
 ) -> None:

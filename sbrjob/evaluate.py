@@ -21,6 +21,7 @@ import tensorflow as tf
 from sbrjob.config import EvalConfig
 from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
+from sbrjob.progress import Bar
 
 
 SCORE_CELLS = 1 << 22  # rows scored at once x n_items: 16 MB of float32 scores
@@ -104,7 +105,7 @@ def _cached_runner(model, metrics: RankingMetrics):
     return per_model[key]
 
 
-def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> RankingMetrics:
+def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar: Optional[Bar] = None) -> RankingMetrics:
     """Run `model` over session-parallel blocks in step order, adding every prediction to `metrics`.
 
     Blocks are dicts of `[lanes, T]` tensors (`input`, `target` int32; `reset`, `weight` float32),
@@ -113,26 +114,29 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics) -> R
     run_block, flush = _cached_runner(model, metrics)
     table = model.input_table() if hasattr(model, "input_table") else None  # today's weights
     state = pending = None
-    for block in blocks:
+    for done, block in enumerate(blocks, start=1):
         if state is None:
             state = model.initial_state(int(block["input"].shape[0]))
             width = int(state[-1].shape[-1])
             pending = (tf.zeros([0, width]), tf.zeros([0], tf.int32), tf.zeros([0]))
         acc, state, pending = run_block(block, state, pending, table)
         metrics.merge(acc)
+        if bar is not None:
+            bar.update(done)
     if pending is not None:
         metrics.merge(flush(pending))
     return metrics
 
 
 def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optional[np.ndarray] = None,
-                   beyond_accuracy: Optional[bool] = None) -> dict:
+                   beyond_accuracy: Optional[bool] = None, label: Optional[str] = None) -> dict:
     """Metrics of `model` on an exported split: {"split", "events", "ties", "recall@K", ...}.
 
     Args:
       support: train events per item; enables popularity@K (ignored when its length is not the
         model's vocabulary size).
       beyond_accuracy: coverage/popularity top-K lists; default `eval_cfg.beyond_accuracy`.
+      label: shows progress under this name (`progress.Bar`).
     The event count is checked against the split's manifest.
     """
     from sbrjob.shards import block_dataset, read_manifest
@@ -143,7 +147,10 @@ def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optiona
         support = None  # vocabulary of another run: popularity would be meaningless
     wide = eval_cfg.beyond_accuracy if beyond_accuracy is None else beyond_accuracy
     metrics = RankingMetrics(n_items, eval_cfg.cutoffs, eval_cfg.ties, item_support=support, beyond_accuracy=wide)
-    evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics)
+    bar = Bar(label, manifest["blocks"], "blocks") if label else None
+    evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics, bar)
+    if bar is not None:
+        bar.close()
     if metrics.events != manifest["pairs"]:
         raise SbrjobError(f"{split_dir}: evaluated {metrics.events} events but the manifest lists "
                           f"{manifest['pairs']} (input, target) pairs; run `sbrjob export --force`")
@@ -158,6 +165,7 @@ class Evaluator:
     eval_cfg: EvalConfig
     support: Optional[np.ndarray] = None
     beyond_accuracy: Optional[bool] = None  # None: eval_cfg's; per-epoch validation passes False
+    label: Optional[str] = None  # progress shown under this name
 
     def __call__(self, model) -> dict:
-        return evaluate_model(model, self.split_dir, self.eval_cfg, self.support, self.beyond_accuracy)
+        return evaluate_model(model, self.split_dir, self.eval_cfg, self.support, self.beyond_accuracy, self.label)

@@ -15,6 +15,7 @@ import numpy as np
 from sbrjob import batching, shards, storage
 from sbrjob.config import JobConfig, save_config
 from sbrjob.errors import SbrjobError
+from sbrjob.progress import Bar
 from sbrjob.runs import SPLITS, Prepared, Run, shard_identity
 
 
@@ -25,7 +26,8 @@ def split_layout(cfg: JobConfig, split: str) -> tuple[int, int]:
 
 
 def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, split: str, lanes: int, n_shards: int,
-                block_steps: int, order: np.ndarray | None = None, extra: dict | None = None) -> dict:
+                block_steps: int, order: np.ndarray | None = None, extra: dict | None = None,
+                bar: Bar | None = None) -> dict:
     """Lay out one split's events and write shards + manifest into the local directory `dest`.
 
     Args:
@@ -33,6 +35,7 @@ def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, spli
       lanes, n_shards, block_steps: the batch geometry (`split_layout`).
       order: the order in which sessions enter the lanes (`session_order`); None = as given.
       extra: keys added to the manifest (data digest, export fingerprint, n_items).
+      bar: progress, one step per shard written.
     Returns the manifest.
     """
     if lanes % n_shards:
@@ -48,6 +51,8 @@ def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, spli
         records = shards.shard_records({name: getattr(lay, name)[rows] for name in shards.FEATURES}, block_steps)
         name = shards.shard_name(k, n_shards)
         files[name] = shards.write_shard(dest / name, records)
+        if bar is not None:
+            bar.update(k + 1)
     manifest = {
         "version": shards.FORMAT_VERSION, "split": split,
         "lanes": lanes, "block_steps": block_steps, "shards": n_shards, "lanes_per_shard": per_shard,
@@ -95,10 +100,12 @@ def export(cfg: JobConfig, data: Prepared, splits=SPLITS) -> dict:
         name, order = session_order(cfg, split, frame["session"].to_numpy())
         lanes, n_shards = split_layout(cfg, split)
         split_dir = run.split_dir(split)
+        bar = Bar(f"export {split}", n_shards, "shards")
         with storage.staging_dir(split_dir) as tmp:
             out[split] = write_split(frame["session"].to_numpy(), frame["item"].to_numpy(), tmp, split=split,
                                      lanes=lanes, n_shards=n_shards, block_steps=cfg.export.block_steps,
-                                     order=order, extra={**extra, "order": name})
+                                     order=order, extra={**extra, "order": name}, bar=bar)
+            bar.close()
             save_config(cfg, str(tmp))
             storage.publish_dir(tmp, split_dir, last=shards.MANIFEST)
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
+import logging
 import time as clock
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +30,7 @@ from sbrjob.runs import PREPARED_FILES, SPLITS, data_manifest, input_identity
 from sbrjob.shards import file_sha256
 
 DAY = 86400.0
+logger = logging.getLogger("sbrjob.prepare")
 DUPLICATES_WARN = 0.01  # warn when more than this fraction of the events are exact duplicates
 
 
@@ -309,7 +310,10 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
     for split, path in paths.items():
         if split != "train" and not path:
             continue
+        t_read = clock.perf_counter()
         ev = read_events(cfg.data, path)
+        logger.info("prepare: read %s events from %s in %.1f s", f"{len(ev):,}", ", ".join(ev.sources),
+                 clock.perf_counter() - t_read)
         inputs["files"] += ev.sources
         inputs["rows"] += len(ev)
         inputs["bad_lines"] += ev.bad_lines
@@ -339,10 +343,10 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
             _add(removed.setdefault("drop_duplicates", {}), _removed(before, _counts(log)))
         elif n_dup > DUPLICATES_WARN * len(log) and not scfg.drop_repeats:
             who = "session" if inputs["keyed_by"] == "session" else "user"
-            print(f"warning: {source}: {n_dup:,} of {len(log):,} events ({n_dup / len(log):.1%}) are exact duplicates "
-                  f"(same {who}, item and time); left in, they become 'the same item again' targets that inflate "
-                  "Recall/MRR: set sessions.drop_duplicates: true (stats.json counts them under 'duplicates')",
-                  file=sys.stderr, flush=True)
+            logger.warning(f"warning: {source}: {n_dup:,} of {len(log):,} events ({n_dup / len(log):.1%}) are exact "
+                           f"duplicates (same {who}, item and time); left in, they become 'the same item again' "
+                           "targets that inflate Recall/MRR: set sessions.drop_duplicates: true (stats.json counts "
+                           "them under 'duplicates')")
         del dup
         if scfg.drop_repeats:
             before = _counts(log)

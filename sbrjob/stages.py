@@ -176,8 +176,8 @@ def early_stopping(metric: str, patience: int):
 def _evaluators(run: Run, cfg: JobConfig, support) -> dict:
     from sbrjob.evaluate import Evaluator
 
-    return {"valid": Evaluator(run.split_dir("valid"), cfg.eval, support, beyond_accuracy=False),
-            "test": Evaluator(run.split_dir("test"), cfg.eval, support)}
+    return {"valid": Evaluator(run.split_dir("valid"), cfg.eval, support, beyond_accuracy=False, label="validation"),
+            "test": Evaluator(run.split_dir("test"), cfg.eval, support, label="test")}
 
 
 def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, on_epoch_end=None,
@@ -267,7 +267,7 @@ def evaluate_stage(run: Run, cfg: JobConfig, checkpoint: str = "best", split: st
                           "retrain with `sbrjob train --fresh`")
     log.info("evaluate: %s on %s", trained.checkpoint, run.split_dir(split))
     t0 = time.perf_counter()
-    result = evaluate_model(trained.model, run.split_dir(split), cfg.eval, data.item_support())
+    result = evaluate_model(trained.model, run.split_dir(split), cfg.eval, data.item_support(), label=f"evaluate {split}")
     log.info("evaluate: %s events in %.1f s -> %s", f"{result['events']:,}", time.perf_counter() - t0,
              run.eval_path(split))
     result["checkpoint"] = checkpoint

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from typing import Callable, Optional, Sequence, Union
 
@@ -45,6 +44,7 @@ from sbrjob.errors import SbrjobError
 from sbrjob.losses import NegativeSampler, step_lane_losses
 from sbrjob.model import GRU4Rec
 from sbrjob.optim import make_optimizer
+from sbrjob.progress import Bar
 from sbrjob.report import training_curves
 from sbrjob.shards import check_layout, distribute_blocks, read_manifest
 
@@ -155,29 +155,6 @@ class Progress(tf.Module):
         self.history = tf.Variable("[]", trainable=False)  # JSON list of finished epochs
         self.fingerprint = tf.Variable("", trainable=False)
         self.hidden = [tf.Variable(tf.zeros([lanes, n]), trainable=False) for n in sizes]
-
-
-class ProgressBar:
-    """A one-line bar on a terminal; plain log lines (every `interval` s) when stderr is not a TTY."""
-
-    def __init__(self, total: int, label: str, enabled: bool = True, interval: float = 30.0):
-        self.total, self.label, self.enabled, self.interval = max(total, 1), label, enabled, interval
-        self.tty = sys.stderr.isatty()
-        self.last = time.monotonic()
-
-    def update(self, done: int, loss: float, events_per_s: float, final: bool = False) -> None:
-        if not self.enabled:
-            return
-        text = f"{self.label} {done}/{self.total} blocks  loss {loss:.4f}  {events_per_s:,.0f} events/s"
-        if self.tty:
-            filled = int(30 * done / self.total)
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {text[len(self.label) + 1:]}")
-            if final:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
-        elif not final and time.monotonic() - self.last >= self.interval:  # the epoch line ends it
-            self.last = time.monotonic()
-            print(text, file=sys.stderr, flush=True)
 
 
 def _scalar(tag: str, value: float) -> None:
@@ -338,7 +315,7 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
 
     while int(progress.epoch) < cfg.train.epochs and not (history and history[-1].get("stopped")):
         epoch = int(progress.epoch)
-        bar = ProgressBar(manifest["blocks"], f"epoch {epoch + 1}/{cfg.train.epochs}", enabled=chief)
+        bar = Bar(f"epoch {epoch + 1}/{cfg.train.epochs}", manifest["blocks"], "blocks", enabled=chief)
         batches = iter(distribute_blocks(strategy, train_dir))
         for _ in range(int(progress.block)):  # resume: skip the blocks this epoch already trained on
             next(batches)
@@ -356,7 +333,7 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
             if warmup is None:
                 warmup = (epoch + 1, time.perf_counter() - t_block, float(sums[1]))
             rate = steady_rate(epoch + 1, events, float(progress.seconds))
-            bar.update(int(progress.block), loss_sum / max(events, 1.0), rate)
+            bar.update(int(progress.block), f"loss {loss_sum / max(events, 1.0):.4f}  {rate:,.0f} events/s")
             if writer is not None:
                 with writer.as_default(step=int(progress.step)):
                     _scalar("train/loss", float(sums[0] / tf.maximum(sums[1], 1.0)))
@@ -365,7 +342,7 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
                 save_last()
         loss_sum, events = progress.sums.numpy()
         rate = steady_rate(epoch + 1, events, float(progress.seconds))
-        bar.update(int(progress.block), loss_sum / max(events, 1.0), rate, final=True)
+        bar.close()
         record = {"epoch": epoch + 1, "train_loss": float(loss_sum / max(events, 1.0)), "train_events": int(events),
                   "train_seconds": round(float(progress.seconds), 3),
                   "train_events_per_s": round(float(rate), 1)}  # steady state: tracing excluded
