@@ -157,6 +157,17 @@ def test_signatures_as_tf_serving_reads_them(exported):
     assert set(defs["recommend"].inputs) == {"items", "k", "exclude_seen"}
     assert [d.size for d in defs["step"].inputs["state"].tensor_shape.dim] == [-1, S]
     assert Path(dest, "assets", "items.txt").read_text().splitlines() == IDS
+    # loaded as TF Serving loads it (graph + session, asset-initialised tables), fed by tensor names
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], dest)
+        sig = meta.signature_def["step"]
+        feed = {"item_id": [b"m3", b"nope"], "state": np.zeros((2, S), np.float32), "k": 3}
+        out = sess.run({n: t.name for n, t in sig.outputs.items()}, {sig.inputs[n].name: v for n, v in feed.items()})
+    assert out["known"].tolist() == [True, False] and out["item_ids"].shape == (2, 3)
+    eager = tf.saved_model.load(dest).signatures["step"](item_id=tf.constant(["m3"]), state=tf.zeros([1, S]),
+                                                         k=tf.constant(3))
+    np.testing.assert_array_equal(out["item_ids"][:1], eager["item_ids"].numpy())
+    np.testing.assert_allclose(out["state"][:1], eager["state"].numpy(), atol=1e-6)
     info = json.loads(Path(dest, "sbrjob_serving.json").read_text())
     assert info["k"] == K and info["n_items"] == N_ITEMS and info["state_size"] == S
     assert info["state_layout"] == [{"layer": 0, "units": 8, "columns": [0, 8]},
@@ -221,6 +232,24 @@ def test_versions_are_never_overwritten(exported, tmp_path):
     assert sorted(p.name for p in base.iterdir()) == ["1", "7", "8", "notes"]  # no staging debris
     assert (base / "8" / "saved_model.pb").exists() and (base / "8" / "assets" / "items.txt").exists()
     assert json.loads((base / "8" / "model_card.json").read_text())["version"] == 8
+
+
+def test_versions_on_gcs(exported, gcs):
+    """gs:// base paths through sbrjob.storage (a local GCS emulator): next version, pinned, refused."""
+    from sbrjob import storage
+
+    model, _ = exported
+    module = Recommender(model, IDS, K)
+    base = f"{gcs}/models/gru4rec"
+    assert save_version(module, base)[1] == 1 and save_version(module, base, version=4)[1] == 4
+    assert save_version(module, base)[1] == 5 and existing_versions(base) == [1, 4, 5]
+    with pytest.raises(SbrjobError, match="gru4rec/4 already exists"):
+        save_version(module, base, version=4)
+    files = storage.list_files(f"{base}/5")
+    assert {"saved_model.pb", "assets/items.txt", "model_card.json", "sbrjob_serving.json"} <= set(files)
+    local = storage.local_dir_copy(f"{base}/5")
+    out = tf.saved_model.load(local).signatures["serving_default"](items=tf.constant([["m3", "m5", "m1"]]))
+    assert _ids(out["item_ids"])[0] == _expected(model, ["m3", "m5", "m1"])[0]
 
 
 # ---------------------------------------------------------------- from a trained run: card and CLI
