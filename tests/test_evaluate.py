@@ -183,7 +183,7 @@ def _cli(*args):
 
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # the command's result; stage lines go to stderr
 
 
 def test_end_to_end_evaluate_matches_training_test_metrics(tiny_run):

@@ -220,7 +220,7 @@ def test_cli_export_then_ensure_exported_from_raw_sample_data(tmp_path):
     out_dir = tmp_path / "tiny"
     result = CliRunner().invoke(app, ["export", "--config", "tiny", "--set", f"output_dir={out_dir}"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output[result.output.index("{"):])
+    summary = json.loads(result.stdout)
     cfg = config.load_config("tiny", [f"output_dir={out_dir}"])
     shard = Path(cfg.shards_dir) / "train" / shards.shard_name(0, cfg.export.shards)
     written = shard.stat().st_ino

@@ -269,12 +269,13 @@ def test_cli_bad_line_exits_2_with_file_and_line_and_skip_counts(tmp_path, monke
     with pytest.raises(SystemExit) as exit_:
         cli.run(hard_exit=False)  # the console-script entry point (in a subprocess it leaves via os._exit)
     assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {path}, line 3: expected 4 fields separated by ',', found 1") and err.count("\n") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("prepare: ") and len(err) == 2  # the stage line, then the one error line
+    assert err[1].startswith(f"error: {path}, line 3: expected 4 fields separated by ',', found 1")
     assert not (tmp_path / "run" / "data").exists()
     result = CliRunner().invoke(app, args + ["--on-bad-lines", "skip"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["bad_lines"] == 1
+    assert json.loads(result.stdout)["bad_lines"] == 1
     stats = json.loads((tmp_path / "run" / "data" / "stats.json").read_text())
     assert stats["bad_lines"] == 1 and stats["train"]["events"] == 2 and stats["test"]["events"] == 2
 

@@ -31,8 +31,8 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 class Result:
-    def __init__(self, exit_code: int, output: str):
-        self.exit_code, self.output = exit_code, output
+    def __init__(self, exit_code: int, output: str, stdout: str = ""):
+        self.exit_code, self.output, self.stdout = exit_code, output, stdout  # output: stdout and stderr
 
 
 def cli(*args: str) -> Result:
@@ -42,7 +42,7 @@ def cli(*args: str) -> Result:
         return Result(2, f"{result.output}error: {result.exception}\n")
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return Result(result.exit_code, result.output)
+    return Result(result.exit_code, result.output, result.stdout)
 
 
 def snapshot(root: Path) -> dict:
@@ -88,7 +88,7 @@ def set_args(sets: list[str]) -> list[str]:
 def recommendations(run: Path) -> list[str]:
     result = cli("recommend", "--run", run, "--items", "161,115", "-k", "5", "--json")
     assert result.exit_code == 0, result.output
-    return [r["item_id"] for r in json.loads(result.output)["recommendations"]]
+    return [r["item_id"] for r in json.loads(result.stdout)["recommendations"]]
 
 
 # ---------------------------------------------------------------- stages never rewrite a trained run
@@ -104,7 +104,7 @@ def test_evaluate_with_a_disagreeing_config_is_refused_and_changes_nothing(run_c
     # the run named by --run uses its own config; eval keys may change
     result = cli("evaluate", "--run", run, "--set", "eval.ties=standard")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["ties"] == "standard" and snapshot(run) == before
+    assert json.loads(result.stdout)["ties"] == "standard" and snapshot(run) == before
 
 
 def test_train_with_another_session_gap_is_refused_before_writing(run_copy):
@@ -188,7 +188,7 @@ def test_commands_name_a_run_by_run_dir_or_by_its_config(run_copy):
     by_run = cli("evaluate", "--run", run, "--checkpoint", "best")
     by_config = cli("evaluate", "-c", "tiny", *set_args(sets))
     assert by_run.exit_code == by_config.exit_code == 0, by_run.output + by_config.output
-    assert json.loads(by_run.output) == json.loads(by_config.output)
+    assert json.loads(by_run.stdout) == json.loads(by_config.stdout)
     assert cli("baselines", "--run", run).exit_code == 0
     result = cli("evaluate", "--run", run.parent / "nothing")
     assert result.exit_code == 2 and "config.yaml: not found" in result.output

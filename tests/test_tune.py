@@ -269,7 +269,7 @@ def test_dry_run_prints_a_vertex_tuning_job(tmp_path):
                                       "--trials", "40", "--space", space, "--dry-run", "--image", "img:1",
                                       "--parallel", "4"])
     assert result.exit_code == 0, result.output
-    job = json.loads(result.output)
+    job = json.loads(result.stdout)
     assert (job["maxTrialCount"], job["parallelTrialCount"]) == (40, 4)
     study = job["studySpec"]
     assert study["metrics"] == [{"metricId": "valid_mrr_at_20", "goal": "MAXIMIZE"}]
