@@ -566,6 +566,37 @@ def best_config_yaml(cfg: JobConfig, trial, tune_dir: str) -> str:
     return header + dump_config(best)
 
 
+MIN_TRIALS_FOR_IMPORTANCE = 10  # below that, importances mostly rank noise
+
+
+def intermediate_plot(study, metric: str) -> bytes:
+    """Optuna's own intermediate-value plot: each trial's validation metric per epoch (pruned ones end early)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from matplotlib.ticker import MaxNLocator
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), matplotlib.rc_context():  # optuna switches the global style to ggplot
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_intermediate_values(study)
+        ax.set(xlabel="epoch", ylabel=f"validation {metric}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        legend = ax.get_legend()
+        if legend is not None and len(study.trials) > 12:
+            legend.remove()  # one entry per trial: past a dozen it covers the lines
+        fig = ax.figure
+        fig.set_size_inches(7, 4.5)
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+    return buf.getvalue()
+
+
 def plot(study, metric: str) -> bytes:
     """Optimisation history and parameter importances as one PNG."""
     import matplotlib
@@ -591,11 +622,14 @@ def plot(study, metric: str) -> bytes:
                     [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
                     marker="x", color="C3", label="pruned (last epoch seen)")
     ax1.set(title="Optimisation history", xlabel="trial", ylabel=f"validation {metric}")
+    from matplotlib.ticker import MaxNLocator
+
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered
     if done or pruned:
         ax1.legend(loc="best")
     importances: dict[str, float] = {}
-    reason = f"parameter importances need >= 2 complete trials ({len(done)} so far)"
-    if len(done) >= 2:
+    reason = f"parameter importances need >= {MIN_TRIALS_FOR_IMPORTANCE} complete trials ({len(done)} so far)"
+    if len(done) >= MIN_TRIALS_FOR_IMPORTANCE:
         try:
             # PED-ANOVA: Optuna's default, deterministic, no scikit-learn needed (fANOVA needs it)
             importances = optuna.importance.get_param_importances(
@@ -622,10 +656,11 @@ def write_reports(study, cfg: JobConfig, tune_dir: str, echo: Callable[[str], No
     rows = leaderboard(study, metric)
     files = {"leaderboard_csv": join(tune_dir, "leaderboard.csv"),
              "leaderboard_json": join(tune_dir, "leaderboard.json"),
-             "plot": join(tune_dir, "tune_report.png")}
+             "plot": join(tune_dir, "tune_report.png"), "intermediate": join(tune_dir, "tune_intermediate.png")}
     storage.write_text(files["leaderboard_csv"], _csv(rows))
     storage.write_text(files["leaderboard_json"], json.dumps(rows, indent=2, default=str))
     storage.write_bytes(files["plot"], plot(study, metric))
+    storage.write_bytes(files["intermediate"], intermediate_plot(study, metric))
     best = _best(study)
     summary: dict[str, Any] = {"finished": _finished(study), "leaderboard": rows, "files": files, "best": None}
     echo(_table(rows))
@@ -637,5 +672,5 @@ def write_reports(study, cfg: JobConfig, tune_dir: str, echo: Callable[[str], No
         echo(f"best: trial {best.number:03d} validation {metric} {best.value:.4f} -> {files['best_config']}")
     else:
         echo("no trial completed: no best.yaml written")
-    echo(f"leaderboard: {files['leaderboard_csv']}  plot: {files['plot']}")
+    echo(f"leaderboard: {files['leaderboard_csv']}  plots: {files['plot']}, {files['intermediate']}")
     return summary

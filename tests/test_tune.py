@@ -11,6 +11,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from typer.testing import CliRunner
@@ -101,6 +102,10 @@ def test_three_trial_study_reports_and_optimises_validation_only(tmp_path):
     assert float(rows[0]["events_per_s"]) == pytest.approx(1500.0)  # mean over the 2 epochs
     assert json.loads((tune_dir / "leaderboard.json").read_text())[0]["trial"] == out["best"]["trial"]
     assert (tune_dir / "tune_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    curves = matplotlib.image.imread(tune_dir / "tune_intermediate.png")  # optuna's per-epoch plot
+    assert curves.shape[1] > 500 and len(np.unique(curves.reshape(-1, curves.shape[-1]), axis=0)) > 20
 
     best = load_config(str(tune_dir / "best.yaml"))
     assert best.train.lr == pytest.approx(best_lr)
