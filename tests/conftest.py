@@ -112,3 +112,28 @@ def gcs(emulator):
     storage.remove_tree(f"gs://{BUCKET}")
     return f"gs://{BUCKET}"
 
+
+# ---------------------------------------------------------------- the CLI in-process
+
+
+class CliResult:
+    def __init__(self, exit_code: int, stdout: str, output: str, error: str = ""):
+        self.exit_code, self.stdout, self.output, self.error = exit_code, stdout, output, error
+
+
+def cli(*args) -> CliResult:
+    """The CLI in-process as `cli.run` ends it: an SbrjobError is exit 2 with one `error:` line.
+    `stdout` is the command's result; `output` is stdout and stderr (stage lines) together."""
+    from typer.testing import CliRunner
+
+    from sbrjob.cli import app
+    from sbrjob.errors import SbrjobError
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if isinstance(result.exception, SbrjobError):
+        error = f"error: {result.exception}"
+        return CliResult(2, result.stdout, f"{result.output}{error}\n", error)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.output)
+

@@ -10,6 +10,8 @@ import tensorflow as tf
 from sbrjob.errors import SbrjobError
 from sbrjob.recommend import ItemMatcher, recommend, session_scores
 
+from conftest import cli
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -175,15 +177,9 @@ def test_recommend_reports_suggestions(run_dir):
 
 
 def _cli(*args):
-    from typer.testing import CliRunner
-
-    from sbrjob.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if isinstance(result.exception, SbrjobError):
-        return 2, f"error: {result.exception}"
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout
+    """(exit code, the command's stdout or its one error line)."""
+    result = cli(*args)
+    return result.exit_code, result.error or result.stdout
 
 
 def test_read_sessions_jsonl_and_csv(tmp_path):

@@ -18,31 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from sbrjob import runs, stages
-from sbrjob.cli import app
 from sbrjob.config import load_config
 from sbrjob.errors import SbrjobError
 from sbrjob.runs import Run
 
+from conftest import cli
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-
-
-class Result:
-    def __init__(self, exit_code: int, output: str, stdout: str = ""):
-        self.exit_code, self.output, self.stdout = exit_code, output, stdout  # output: stdout and stderr
-
-
-def cli(*args: str) -> Result:
-    """The CLI in-process, with `cli.run`'s handling of SbrjobError (one line, exit 2)."""
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if isinstance(result.exception, SbrjobError):
-        return Result(2, f"{result.output}error: {result.exception}\n")
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return Result(result.exit_code, result.output, result.stdout)
 
 
 def snapshot(root: Path) -> dict:

@@ -16,6 +16,8 @@ from sbrjob.model import GRU4Rec
 from sbrjob.recommend import session_scores
 from sbrjob.serving import Recommender, existing_versions, save_recommender, save_version
 
+from conftest import cli
+
 N_ITEMS, K = 12, 4
 IDS = [f"m{i}" for i in range(N_ITEMS)]
 SIZES = [8, 6]
@@ -266,15 +268,9 @@ def trained_run(tmp_path_factory):
 
 
 def _cli(*args):
-    from typer.testing import CliRunner
-
-    from sbrjob.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if isinstance(result.exception, SbrjobError):
-        return 2, f"error: {result.exception}"
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.stdout
+    """(exit code, the command's stdout or its one error line)."""
+    result = cli(*args)
+    return result.exit_code, result.error or result.stdout
 
 
 def test_export_model_to_versions_with_model_card(trained_run, tmp_path):
