@@ -342,6 +342,15 @@ def put_file(local: str | os.PathLike, dest: str) -> None:
         raise
 
 
+def _get_blob(url: str):
+    """The object's metadata (size, generation, crc32c), or None when there is none."""
+    bucket, key = _split_gs(url)
+    try:
+        return _gcs().bucket(bucket).get_blob(key) if key else None
+    except Exception as err:
+        raise _gcs_error(url, err) from err
+
+
 def content_id(path: str) -> dict:
     """What identifies a file's content without reading it: local {size, mtime_ns}; gs:// {size,
     generation, crc32c}. Raises FileNotFoundError when missing."""
@@ -350,11 +359,7 @@ def content_id(path: str) -> dict:
         if not Path(path).is_file():
             raise IsADirectoryError(path)
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    bucket, key = _split_gs(path)
-    try:
-        blob = _gcs().bucket(bucket).get_blob(key) if key else None
-    except Exception as err:
-        raise _gcs_error(path, err) from err
+    blob = _get_blob(path)
     if blob is None:
         raise FileNotFoundError(path)
     return {"size": blob.size, "generation": str(blob.generation), "crc32c": blob.crc32c}
@@ -673,11 +678,7 @@ def local_copy(path: str, cache_dir: str | None = None) -> str:
     (again only when the object changed)."""
     if not is_remote(path):
         return path
-    bucket, key = _split_gs(path)
-    try:
-        blob = _gcs().bucket(bucket).get_blob(key) if key else None
-    except Exception as err:
-        raise _gcs_error(path, err) from err
+    blob = _get_blob(path)
     if blob is None:
         raise SbrjobError(f"{path}: file not found")
     local = _mirror_path(path, cache_dir)
