@@ -99,8 +99,11 @@ class Run:
             return None
         attic = join(self.dir, "attic", time.strftime("%Y%m%d-%H%M%S"))
         for name in names:
-            storage.move_tree(join(self.dir, name), join(attic, name)) if _is_dir(join(self.dir, name)) \
-                else _move_file(join(self.dir, name), join(attic, name))
+            src, dest = join(self.dir, name), join(attic, name)
+            if _is_dir(src):
+                storage.move_tree(src, dest)
+            else:
+                _move_file(src, dest)
         return attic
 
     @contextlib.contextmanager
