@@ -10,8 +10,9 @@ every real event, ranks its target and returns the block's metric totals; the ho
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import weakref
-from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Iterable, Optional
 
@@ -77,11 +78,7 @@ def _block_runner(model, metrics: RankingMetrics):
                    tf.concat([weight[done:], tf.gather(w, real)], 0))
         return acc, state, pending
 
-    width = int(model.initial_state(1)[-1].shape[-1])
-    queued = (tf.TensorSpec([None, width], tf.float32), tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.float32))
-
-    @tf.function(input_signature=[queued])  # one trace whatever is left queued (no retracing per call)
-    def flush(pending):
+    def flush(pending):  # eager, once per evaluation: reuses the slice programs run_block traced
         pad = -tf.shape(pending[1])[0] % rows  # padded rows have weight 0: not counted
         return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending))
 
@@ -105,12 +102,37 @@ def _cached_runner(model, metrics: RankingMetrics):
     return per_model[key]
 
 
+_TWINS: dict = {}  # architecture -> the model evaluation runs on (see _evaluation_model)
+_MAX_TWINS = 4
+
+
+def _evaluation_model(model):
+    """The model evaluation runs on: one per architecture in the process, holding a copy of
+    `model`'s weights, so that the next epoch, tune trial or benchmark round of the same shape
+    reuses the compiled programs instead of tracing new ones for a new model object."""
+    cfg = getattr(model, "cfg", None)
+    if not dataclasses.is_dataclass(cfg):
+        return model
+    key = (type(model), json.dumps(dataclasses.asdict(cfg), sort_keys=True), int(model.n_items))
+    twin = _TWINS.pop(key, None)
+    if twin is None:
+        if len(_TWINS) >= _MAX_TWINS:
+            _TWINS.pop(next(iter(_TWINS)))  # the least recently used architecture
+        twin = type(model)(cfg, model.n_items)
+    _TWINS[key] = twin
+    if twin is not model:
+        for dst, src in zip(twin.variables, model.variables, strict=True):
+            dst.assign(src)
+    return twin
+
+
 def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar: Optional[Bar] = None) -> RankingMetrics:
     """Run `model` over session-parallel blocks in step order, adding every prediction to `metrics`.
 
     Blocks are dicts of `[lanes, T]` tensors (`input`, `target` int32; `reset`, `weight` float32),
     consecutive in time for the same lanes; the state starts at zero and is carried across blocks.
     """
+    model = _evaluation_model(model)
     run_block, flush = _cached_runner(model, metrics)
     table = model.input_table() if hasattr(model, "input_table") else None  # today's weights
     state = pending = None
@@ -157,7 +179,7 @@ def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optiona
     return {"split": manifest.get("split", PurePosixPath(split_dir).name), **metrics.result()}
 
 
-@dataclass
+@dataclasses.dataclass
 class Evaluator:
     """One split's evaluation, built once and handed to `train.fit` (or called on any model)."""
 

@@ -446,10 +446,8 @@ def checkpoint_paths(directory: str) -> list[str]:
     """Checkpoint prefixes in a local directory, oldest first (from its `checkpoint` state file)."""
     import tensorflow as tf
 
-    state = tf.train.get_checkpoint_state(directory)
-    if state is None:
-        return []
-    return [p if os.path.isabs(p) else os.path.join(directory, p) for p in state.all_model_checkpoint_paths]
+    state = tf.train.get_checkpoint_state(directory)  # relative entries come back joined to `directory`
+    return [] if state is None else list(state.all_model_checkpoint_paths)
 
 
 def readable(path: str) -> Optional[str]:

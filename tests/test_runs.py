@@ -168,8 +168,13 @@ def test_untrained_run_is_reprepared_when_its_input_content_changes(tmp_path):
 # ---------------------------------------------------------------- one name for a run
 
 
-def test_commands_name_a_run_by_run_dir_or_by_its_config(run_copy):
+def test_commands_name_a_run_by_run_dir_or_by_its_config(run_copy, monkeypatch):
     run, sets = run_copy
+    monkeypatch.chdir(run.parent)  # a relative run directory, as `make demo` and the README use
+    relative = cli("evaluate", "--run", run.name, "--checkpoint", "last")
+    assert relative.exit_code == 0, relative.output
+    assert runs.find_checkpoint(Run(run.name), "last") == f"{run.name}/checkpoints/last/" + \
+        Path(runs.find_checkpoint(Run(str(run)), "last")).name
     by_run = cli("evaluate", "--run", run, "--checkpoint", "best")
     by_config = cli("evaluate", "-c", "tiny", *set_args(sets))
     assert by_run.exit_code == by_config.exit_code == 0, by_run.output + by_config.output
