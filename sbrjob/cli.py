@@ -48,13 +48,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show TensorFlow's own start-up and runtime logs, and debug lines (e.g. each epoch's full record).")] = False,
 ) -> None:
     """sbrjob: GRU4Rec as a batch job, the same on a laptop CPU, GPUs or a TPU."""
+    if verbose:  # read by TensorFlow when it loads, which the commands do after this
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("sbrjob")  # library modules log; this is where their lines show
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
 
 
@@ -392,10 +395,17 @@ def submit(
     """
     from sbrjob.cloud import submit as run_submit
 
-    run_submit(config, image=image, overrides=set_ or [], accelerator=accelerator, replicas=replicas,
-               workers=workers, region=region, project=project, dry_run=dry_run,
-               accelerator_type=accelerator_type, machine_type=machine_type,
-               service_account=service_account, display_name=name)
+    result = run_submit(config, image=image, overrides=set_ or [], accelerator=accelerator, replicas=replicas,
+                        workers=workers, region=region, project=project, dry_run=dry_run,
+                        accelerator_type=accelerator_type, machine_type=machine_type,
+                        service_account=service_account, display_name=name)
+    if dry_run:
+        if result["upload"]:
+            typer.echo(f"# a real submit first uploads {result['upload'][0]} to {result['upload'][1]}", err=True)
+        _print_json(result["dry_run"])
+        return
+    typer.echo(f"submitted {result['job'].get('name', '')}")
+    typer.echo(result["console"])
 
 
 @app.command()

@@ -10,8 +10,6 @@ reused by `sbrjob tune` for a HyperparameterTuningJob's trialJobSpec.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -210,22 +208,18 @@ def submit(config: str, *, image: str, overrides: Optional[list[str]] = None, ac
            replicas: int = 1, workers: int = 1, region: str = "us-central1", project: Optional[str] = None,
            dry_run: bool = False, accelerator_type: Optional[str] = None, machine_type: Optional[str] = None,
            service_account: Optional[str] = None, display_name: Optional[str] = None) -> dict:
-    """Build the CustomJob; print it (dry run) or upload a local config and create the job."""
+    """Build the CustomJob; return it (dry run: `{"dry_run": body, "upload": ...}`) or upload a local
+    config, create the job and return `{"job": job, "console": url}`."""
     body, upload = build_custom_job(config, image=image, overrides=overrides, accelerator=accelerator,
                                     replicas=replicas, workers=workers, accelerator_type=accelerator_type,
                                     machine_type=machine_type, service_account=service_account,
                                     display_name=display_name)
     if dry_run:
-        if upload:
-            print(f"# a real submit first uploads {upload[0]} to {upload[1]}", file=sys.stderr)
-        print(json.dumps(body, indent=2))
-        return body
+        return {"dry_run": body, "upload": upload}
     if upload:
         storage.write_bytes(upload[1], Path(upload[0]).read_bytes())
     job = create("customJobs", body, region=region, project=project)
     name = job.get("name", "")
     job_id = name.rsplit("/", 1)[-1]
     project_id = name.split("/")[1] if name.startswith("projects/") else project
-    print(f"submitted {name}")
-    print(CONSOLE.format(region=region, id=job_id, project=project_id))
-    return job
+    return {"job": job, "console": CONSOLE.format(region=region, id=job_id, project=project_id)}

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import stat
-import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -27,6 +27,8 @@ from zlib import error as zlib_error
 from sbrjob import storage
 from sbrjob.config import join
 from sbrjob.errors import SbrjobError, io_error
+
+log = logging.getLogger("sbrjob.download")
 
 MARKER = ".sbrjob-download.json"
 _MAX_UNPACKED = 1 << 30  # refuse archives that would expand past 1 GiB (zip bombs)
@@ -122,7 +124,7 @@ def _marker_matches(marker: str, sha: str) -> bool:
 def _fetch(url: str, path: Path) -> tuple[str, str]:
     """Stream `url` to `path`; returns (sha256, md5) hex digests of what arrived."""
     sha, md5 = hashlib.sha256(), hashlib.md5()
-    print(f"downloading {url}", file=sys.stderr)
+    log.info("downloading %s", url)
     try:
         fh = open(path, "wb")  # noqa: SIM115 - closed below; its errors are local, not the network's
     except OSError as err:

@@ -75,3 +75,18 @@ def test_config_explain_prints_the_schema_comment():
     assert explain("sessions.gap").startswith("sessions.gap: float or null = None")
     with pytest.raises(SbrjobError, match=r"train\.lrr: unknown key \(did you mean 'train\.lr'\?\)"):
         explain("train.lrr")
+
+
+def test_verbose_keeps_tensorflow_and_debug_logs(monkeypatch):
+    import logging
+
+    from typer.testing import CliRunner
+
+    from sbrjob.cli import app
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # what the CLI sets by default
+    assert CliRunner().invoke(app, ["config", "--explain", "seed"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and logging.getLogger("sbrjob").level == logging.INFO
+    assert CliRunner().invoke(app, ["--verbose", "config", "--explain", "seed"]).exit_code == 0
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" and logging.getLogger("sbrjob").level == logging.DEBUG
+    logging.getLogger("sbrjob").setLevel(logging.INFO)
