@@ -228,3 +228,33 @@ def test_end_to_end_baselines_recommend_export(tiny_run):
     assert [s.decode() for s in served["item_ids"][0].numpy()] == [r["item_id"] for r in rec["recommendations"]]
     np.testing.assert_allclose(served["scores"][0].numpy(), [r["score"] for r in rec["recommendations"]],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_new_models_reuse_compiled_evaluation_and_trigger_no_retracing_warnings(tmp_path):
+    """Tune trials and benchmark rounds evaluate many new model objects: those of one architecture
+    share the evaluation programs (weights copied in), and six architectures, each evaluated with
+    the valid and the test settings, stay below TensorFlow's frequent-retracing warning (5 traces
+    among a function's last 10 calls, counted across instances of its code)."""
+    import io
+    import logging
+
+    from sbrjob.export import write_split
+    from sbrjob.model import GRU4Rec
+
+    session, item, _ = _sessions(np.random.default_rng(5), 20, 10)
+    split_dir = tmp_path / "test"  # ~20 blocks, as a real split has many: each runner traces once, runs often
+    write_split(session, item, split_dir, split="test", lanes=2, n_shards=1, block_steps=2)
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    tf.get_logger().addHandler(handler)
+    try:
+        results = {}
+        for width in (4, 6, 8, 10, 12, 14, 8, 8):
+            cfg = _cfg(tmp_path, layers=[width])
+            model = GRU4Rec(cfg.model, 10, seed=width)
+            valid = evaluate_model(model, str(split_dir), cfg.eval, beyond_accuracy=False)
+            results.setdefault(width, []).append((valid, evaluate_model(model, str(split_dir), cfg.eval)))
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert "retracing" not in buf.getvalue(), buf.getvalue()
+    assert results[8][0] == results[8][1] == results[8][2]  # same seed, same weights: the same numbers
