@@ -65,6 +65,7 @@ class Run:
     metrics_path = property(lambda self: join(self.dir, "metrics.json"))
     tensorboard_dir = property(lambda self: join(self.dir, "tensorboard"))
     lock_path = property(lambda self: join(self.dir, ".lock"))
+    data_manifest_path = property(lambda self: join(self.dir, "data", "manifest.json"))
 
     def split_dir(self, split: str) -> str:
         return join(self.shards_dir, split)
@@ -438,7 +439,7 @@ def _holder(path: str) -> str:
 # ---------------------------------------------------------------- checkpoints
 
 
-def _number(path: str) -> int:
+def checkpoint_number(path: str) -> int:
     return int(path.rsplit("-", 1)[1])
 
 
@@ -467,7 +468,7 @@ def newest_readable(directory: str, at_most: Optional[int] = None) -> Optional[s
     """The newest checkpoint in `directory` (numbered <= `at_most`) that reads back whole; older
     ones are the fallback when the newest was truncated or corrupted."""
     for path in reversed(checkpoint_paths(directory)):
-        if at_most is not None and _number(path) > at_most:
+        if at_most is not None and checkpoint_number(path) > at_most:
             continue
         why = readable(path)
         if why is None:
@@ -487,14 +488,18 @@ def find_checkpoint(run: Run, which: str = "best") -> str:
         if not Path(path + ".index").exists():
             raise SbrjobError(f"--checkpoint {which}: no checkpoint there; use best, last or a ckpt-N prefix")
         return path
+    path = newest_readable(join(root, "last")) if which == "last" else best_or_last(root)
+    if path is None:
+        what = "'last' checkpoint" if which == "last" else "checkpoint"
+        raise SbrjobError(f"{run.dir}: no readable {what}; run `sbrjob train` first")
+    return path
+
+
+def best_or_last(root: str) -> Optional[str]:
+    """The newest readable `best` under a checkpoint directory that is not ahead of the newest
+    readable `last` (a kill between the two saves leaves one), else that `last`; None when neither."""
     last = newest_readable(join(root, "last"))
-    if which == "last":
-        if last is None:
-            raise SbrjobError(f"{run.dir}: no readable 'last' checkpoint; run `sbrjob train` first")
-        return last
-    best = newest_readable(join(root, "best"), at_most=None if last is None else _number(last))
-    if best is None and last is None:
-        raise SbrjobError(f"{run.dir}: no readable checkpoint; run `sbrjob train` first")
+    best = newest_readable(join(root, "best"), at_most=None if last is None else checkpoint_number(last))
     return best or last
 
 

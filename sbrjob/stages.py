@@ -42,7 +42,7 @@ def guard(run: Run, cfg: JobConfig, fresh: bool = False, scope: str = "model") -
         return None
     saved = run.saved_config()
     changes = runs.config_changes(saved, cfg, scope) if saved is not None else []
-    manifest = runs.read_json_manifest(join(run.data_dir, "manifest.json"), "run `sbrjob train --fresh`")
+    manifest = runs.read_json_manifest(run.data_manifest_path, "run `sbrjob train --fresh`")
     if manifest is not None and manifest.get("inputs") is not None:
         changes += runs.input_changes(manifest["inputs"], runs.input_identity(cfg, manifest["inputs"]))
     if changes:
@@ -60,9 +60,8 @@ def ensure_prepared(run: Run, cfg: JobConfig, force: bool = False) -> Prepared:
     """The run's prepared data, current for `cfg` and the inputs' content; prepares when missing or stale."""
     from sbrjob.prepare import prepare
 
-    path = join(run.data_dir, "manifest.json")
     try:
-        manifest = runs.read_json_manifest(path, "run `sbrjob prepare --force`")
+        manifest = runs.read_json_manifest(run.data_manifest_path, "run `sbrjob prepare --force`")
     except SbrjobError:
         if run.has_checkpoints():
             raise
@@ -109,7 +108,7 @@ def wait_for_export(run: Run, cfg: JobConfig, timeout_s: float = 3600.0, poll_s:
     deadline = time.monotonic() + timeout_s
     while True:
         with contextlib.suppress(SbrjobError):
-            manifest = runs.read_json_manifest(join(run.data_dir, "manifest.json"), "")
+            manifest = runs.read_json_manifest(run.data_manifest_path, "")
             if manifest is not None and runs.data_is_current(manifest, cfg, runs.input_identity(cfg, manifest["inputs"])):
                 data = Prepared(run.data_dir, manifest)
                 if all(runs.shards_are_current(run.split_dir(s), data, cfg) for s in SPLITS):
@@ -147,7 +146,7 @@ def export_stage(cfg: JobConfig, force: bool = False, fresh: bool = False) -> di
 
 def _digest(run: Run) -> Optional[str]:
     with contextlib.suppress(SbrjobError):
-        return (runs.read_json_manifest(join(run.data_dir, "manifest.json"), "") or {}).get("digest")
+        return (runs.read_json_manifest(run.data_manifest_path, "") or {}).get("digest")
     return None
 
 

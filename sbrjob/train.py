@@ -196,13 +196,13 @@ class Checkpoints:
             first = (str(err).strip().splitlines() or [""])[0][:160]
             raise SbrjobError(f"{latest}: does not fit this model ({first}); use another output_dir or "
                               "`sbrjob train --fresh`") from None
-        self._drop_best_after(runs._number(latest))
+        self._drop_best_after(runs.checkpoint_number(latest))
         return latest
 
     def _drop_best_after(self, step: int) -> None:
         best_dir = join(self.dir, "best")
         paths = runs.checkpoint_paths(best_dir)
-        keep = [p for p in paths if runs._number(p) <= step]
+        keep = [p for p in paths if runs.checkpoint_number(p) <= step]
         if len(keep) == len(paths):
             return
         for p in paths[len(keep):]:
@@ -226,8 +226,7 @@ class Checkpoints:
         self._push(which)
 
     def for_test(self) -> str:
-        last = runs.newest_readable(join(self.dir, "last"))
-        return runs.newest_readable(join(self.dir, "best"), at_most=runs._number(last)) or last
+        return runs.best_or_last(self.dir)
 
     def close(self) -> None:
         if not self.chief:
