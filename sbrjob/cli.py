@@ -183,7 +183,8 @@ def train(
         typer.echo(f"run {cfg.output_dir} is complete: {score} (best epoch {metrics.get('best_epoch')}); nothing to do "
                    "(raise train.epochs to continue, --fresh to start anew)", err=True)
     if as_json:
-        _print_json({"best_epoch": metrics.get("best_epoch"), "test": metrics.get("test")})
+        _print_json({"best_epoch": metrics.get("best_epoch"), "test": metrics.get("test"),
+                     **({"refit": metrics["refit"]} if metrics.get("refit") else {})})
     elif not complete:
         typer.echo(_train_summary(cfg, metrics))
 
@@ -196,12 +197,20 @@ def _train_summary(cfg, metrics: dict) -> str:
     valid = (record.get("valid") or {}).get(metric)
     lines = [f"best epoch {best} of {len(epochs)}" + (f": valid {metric} {valid:.4f}" if valid is not None else "")
              + (f" (stopped: {metrics['stopped']})" if metrics.get("stopped") else "")]
-    test = metrics.get("test") or {}
-    if test:
-        shown = [k for k in (f"recall@{metric.partition('@')[2]}", metric) if k in test]
-        lines.append(f"test ({test['events']:,} events): " + "  ".join(f"{k} {test[k]:.4f}" for k in shown))
+    shown = [f"recall@{metric.partition('@')[2]}", metric]
+
+    def scores(test: dict) -> str:
+        return f"({test['events']:,} events): " + "  ".join(f"{k} {test[k]:.4f}" for k in shown if k in test)
+
+    if metrics.get("test"):
+        lines.append("test " + scores(metrics["test"]))
     run = cfg.output_dir
     lines.append(f"run: {run} (metrics.json, checkpoints/best, training_curves.png, tensorboard/)")
+    refit = metrics.get("refit")
+    if refit:  # the final model: what the next commands should use
+        lines.append(f"refit on train + valid, {refit['epochs']} epoch(s): test " + scores(refit["test"]))
+        run = refit["run"]
+        lines.append(f"final model: {run}")
     lines.append(f"next: sbrjob evaluate --run {run}  |  sbrjob recommend --run {run} --items ID,ID  |  "
                  f"sbrjob export-model --run {run}")
     return "\n".join(lines)

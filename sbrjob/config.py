@@ -98,8 +98,12 @@ class ModelConfig:
     layers: list[int] = field(default_factory=lambda: [100])
     dropout_embedding: float = 0.0  # probability of dropping
     dropout_hidden: float = 0.0
-    final_activation: Literal["linear", "elu"] = "linear"
-    elu_param: float = 1.0
+    # auto: ELU(elu_param) for bpr-max/top1-max (the official code's setting), linear for xe/softmax
+    final_activation: Literal["auto", "linear", "elu"] = "auto"
+    elu_param: float = 0.5
+    # True (the official code): a layer's output after dropout is also the lane's carried state;
+    # False: the state carried to the next step is the undropped output (regularises less)
+    carry_dropout: bool = True
 
 
 @dataclass
@@ -108,6 +112,9 @@ class TrainConfig:
     n_sample: int = 2048  # extra negatives per step drawn ∝ support**sample_alpha
     sample_alpha: float = 0.5
     logq: float = 1.0  # weight of the logQ correction for cross-entropy
+    # official: subtract log c (mini-batch columns) and alpha * log c (extra samples), c = training support,
+    # as the official code; normalized: log(c / N) and log(c^alpha / sum c^alpha), each group on its own
+    logq_form: Literal["official", "normalized"] = "official"
     bpreg: float = 1.0  # score regularisation for BPR-max
     optimizer: Literal["adagrad", "adam"] = "adagrad"  # adagrad = Adagrad with momentum, row-sparse
     lr: float = 0.1
@@ -118,6 +125,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0 = only at the end of each epoch
     keep_checkpoints: int = 3
     deterministic: bool = True
+    # after training: train the final model anew on train + valid for the best epoch count found on
+    # valid (the official protocol trains on everything before the test period), in OUTPUT_DIR/refit
+    refit: bool = False
     # early stopping: end training after this many epochs without a better validation eval.metric
     # (the best checkpoint is what evaluate/recommend use); 0 = off, train all `epochs`
     patience: int = 0
@@ -246,6 +256,10 @@ def validate(cfg: JobConfig) -> None:
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     _check(t.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)")
+    _check(not t.refit or s.scheme != "given", "train.refit",
+           "needs split.scheme days or fraction (it re-splits with the valid period folded into train)")
+    _check(not t.refit or (s.valid_days > 0 if s.scheme == "days" else s.valid_fraction > 0), "train.refit",
+           "needs a validation split to choose the epoch count (split.valid_days / valid_fraction > 0)")
     _check(t.logq >= 0 and t.bpreg >= 0, "train.logq", "logq and bpreg must be >= 0")
     _check(bool(ev.cutoffs) and all(k >= 1 for k in ev.cutoffs), "eval.cutoffs", "a non-empty list of ints >= 1")
     name, _, k = ev.metric.partition("@")
@@ -409,8 +423,8 @@ def _read_config_text(name: str) -> tuple[str, str]:
             raise SbrjobError(f"{name} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
                               "save the config as UTF-8") from None
     bare = name if name.endswith(".yaml") else f"{name}.yaml"
-    if "/" not in name:
-        packaged = resources.files("sbrjob.configs") / bare
+    if "/" not in name or name.startswith("reference/"):
+        packaged = resources.files("sbrjob.configs").joinpath(*bare.split("/"))
         if packaged.is_file():
             return packaged.read_text(), f"packaged config {bare}"
     raise SbrjobError(f"{name}: config file not found; give a path or one of the packaged configs "
@@ -424,7 +438,29 @@ def parse_config(raw: dict, where: str = "<config>") -> JobConfig:
         validate(cfg)
     except ValueError as err:
         raise SbrjobError(f"{where}: {err}") from None
+    if cfg.model.final_activation == "auto":  # resolved here, so a run's config.yaml says what it trained
+        cfg.model.final_activation = "elu" if cfg.train.loss in ("bpr-max", "top1-max") else "linear"
     return cfg
+
+
+# Keys whose default changed: a run's config.yaml written before them trained with these values,
+# so reading it must not silently take the new default (the run would change behaviour on resume).
+LEGACY_DEFAULTS = {
+    ("model", "carry_dropout"): False,
+    ("train", "logq_form"): "normalized",
+}
+
+
+def load_run_config(path: str) -> JobConfig:
+    """A run's stored config.yaml, with the values it was trained with for keys it predates."""
+    text, where = _read_config_text(path)
+    raw = parse_yaml(text, where) or {}
+    if not isinstance(raw, dict):
+        raise SbrjobError(f"{where}: expected a mapping of sections at the top level")
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        if isinstance(raw.get(section), dict) and key not in raw[section]:
+            raw[section][key] = value
+    return parse_config(raw, where)
 
 
 def parse_yaml(text: str, where: str) -> Any:

@@ -38,6 +38,8 @@ class NegativeSampler:
         self.cdf = tf.constant(cdf, tf.float32)
         self.log_q_sample = tf.constant(np.log(q_sample), tf.float32)  # Q of an extra sample
         self.log_pop = tf.constant(np.log(pop), tf.float32)  # Q of a mini-batch column (targets ~ popularity)
+        self.log_count = tf.constant(np.log(support), tf.float32)  # the official code's unnormalised log c
+        self.alpha = float(alpha)
         self.n_items = len(support)
 
     def draw(self, seed) -> tf.Tensor:
@@ -53,7 +55,9 @@ def sampled_lane_losses(loss: str, model, h, columns, column_valid, label, log_q
 
     h [b, H]; columns [C] item ids (mini-batch targets then extra samples); column_valid [C] bool
     (False = a padded lane's column); label [b] int: the column holding each lane's target;
-    log_q [C]: log sampling probability per column (cross-entropy's logQ correction).
+    log_q [C]: log sampling probability per column (cross-entropy's logQ correction; up to a constant
+    per column group: `train.logq_form` official uses log c and alpha * log c, which shifts in-batch
+    against sampled columns by log(N / sum c^alpha) compared with normalising each group).
     """
     scores = model.scores_for(h, columns)  # [b, C], after the final activation
     n_cols = tf.shape(columns)[0]
@@ -92,14 +96,17 @@ def step_lane_losses(train_cfg, sampler: NegativeSampler | None, model, h, targe
     if train_cfg.loss == "softmax":
         return full_softmax_lane_losses(model, h, targets)
     columns, valid, log_q = batch_targets, batch_valid, None
+    official = train_cfg.logq_form == "official"
     if train_cfg.loss == "xe":
-        log_q = tf.gather(sampler.log_pop, batch_targets)
+        log_q = tf.gather(sampler.log_count if official else sampler.log_pop, batch_targets)
     if sampler is not None and sampler.n_sample > 0:
         extra = sampler.draw(sample_seed)
         columns = tf.concat([batch_targets, extra], axis=0)
         valid = tf.concat([batch_valid, tf.ones([sampler.n_sample], tf.bool)], axis=0)
         if log_q is not None:
-            log_q = tf.concat([log_q, tf.gather(sampler.log_q_sample, extra)], axis=0)
+            extra_q = sampler.alpha * tf.gather(sampler.log_count, extra) if official else \
+                tf.gather(sampler.log_q_sample, extra)
+            log_q = tf.concat([log_q, extra_q], axis=0)
     label = offset + tf.range(tf.shape(targets)[0])
     return sampled_lane_losses(train_cfg.loss, model, h, columns, valid, label, log_q=log_q,
                                logq_weight=train_cfg.logq, bpreg=train_cfg.bpreg)

@@ -9,8 +9,9 @@ default (`reset_after=True`) is a different model. Input modes:
 - onehot: the one-hot input times the first layer's input weights, done as a row gather of that
   [n_items, 3H] matrix (a dense one-hot matmul would cost n_items x 3H per event).
 
-Dropout (probability of dropping) is applied to the input embedding and to every layer's output
-that flows upwards; the carried hidden state itself is never dropped. Masks come from a
+Dropout (probability of dropping) is applied to the input embedding and to every layer's output;
+with `carry_dropout` (the official code) the dropped output is also the lane's carried state,
+otherwise the undropped output is carried. Masks come from a
 counter-based hash of (seed, step, position in the GLOBAL batch): a resumed run draws the same
 masks, a replica's lanes get exactly the masks of a single-replica run, and XLA agrees with CPU.
 """
@@ -149,8 +150,8 @@ class GRU4Rec(tf.Module):
             if x is not None:
                 x_proj = tf.matmul(x, layer.Wx)
             h = layer(x_proj, state[i])
-            new_state.append(h)
             x = self._dropout(h, m.dropout_hidden, training, dropout_seed, i + 1, lanes)
+            new_state.append(x if m.carry_dropout else h)
         return x, new_state
 
     def masked_step(self, items, state, mask, input_table=None):

@@ -36,7 +36,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from sbrjob import shards, storage
-from sbrjob.config import JobConfig, join, load_config
+from sbrjob.config import JobConfig, join, load_config, load_run_config
 from sbrjob.errors import SbrjobError
 
 log = logging.getLogger("sbrjob.runs")
@@ -46,7 +46,8 @@ DATA_FORMAT_VERSION = 2  # 2: inputs by content, sha256 per file, manifest diges
 PREPARED_FILES = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet")
 INPUT_KEYS = ("path", "items_path", "valid_path", "test_path")  # data.* keys naming input files
 # train settings that may change between a run and its resumption without invalidating checkpoints
-RESUMABLE_KEYS = ("epochs", "strategy", "jit_compile", "checkpoint_every_steps", "keep_checkpoints", "patience")
+RESUMABLE_KEYS = ("epochs", "strategy", "jit_compile", "checkpoint_every_steps", "keep_checkpoints", "patience",
+                  "refit")
 
 
 class Run:
@@ -66,6 +67,7 @@ class Run:
     tensorboard_dir = property(lambda self: join(self.dir, "tensorboard"))
     lock_path = property(lambda self: join(self.dir, ".lock"))
     data_manifest_path = property(lambda self: join(self.dir, "data", "manifest.json"))
+    refit_dir = property(lambda self: join(self.dir, "refit"))  # train.refit's run (train + valid)
 
     def split_dir(self, split: str) -> str:
         return join(self.shards_dir, split)
@@ -78,7 +80,7 @@ class Run:
     def saved_config(self) -> Optional[JobConfig]:
         if not storage.exists(self.config_path):
             return None
-        cfg = load_config(self.config_path)
+        cfg = load_run_config(self.config_path)
         cfg.output_dir = self.dir  # a run may be moved or read through another path
         return cfg
 

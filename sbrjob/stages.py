@@ -10,6 +10,7 @@ differs, unless `fresh` moves the old run aside to `attic/` and starts anew.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -172,19 +173,51 @@ def early_stopping(metric: str, patience: int):
     return hook
 
 
-def _evaluators(run: Run, cfg: JobConfig, support) -> dict:
+def _evaluators(run: Run, cfg: JobConfig, manifests: dict, support) -> dict:
     from sbrjob.evaluate import Evaluator
 
-    return {"valid": Evaluator(run.split_dir("valid"), cfg.eval, support, beyond_accuracy=False, label="validation"),
-            "test": Evaluator(run.split_dir("test"), cfg.eval, support, label="test")}
+    out = {"test": Evaluator(run.split_dir("test"), cfg.eval, support, label="test")}
+    if manifests["valid"].get("pairs", 0) > 0:  # a refit run has none: `best` is then the last epoch
+        out["valid"] = Evaluator(run.split_dir("valid"), cfg.eval, support, beyond_accuracy=False, label="validation")
+    return out
+
+
+def refit_config(cfg: JobConfig, epochs: int) -> JobConfig:
+    """`train.refit`: the same job with the valid period folded into train, `epochs` epochs, in R/refit."""
+    out = copy.deepcopy(cfg)
+    out.output_dir = Run(cfg.output_dir).refit_dir
+    out.split.valid_days, out.split.valid_fraction = 0.0, 0.0
+    out.train.epochs, out.train.refit, out.train.patience = epochs, False, 0
+    return out
 
 
 def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, on_epoch_end=None,
                 break_lock: bool = False) -> tuple[dict, bool]:
     """`sbrjob train`: (metrics.json's content, True when the run was already complete and nothing ran).
 
-    `on_epoch_end` hooks (tune's pruning) run after `train.patience`'s early stopping.
+    `on_epoch_end` hooks (tune's pruning) run after `train.patience`'s early stopping. With
+    `train.refit`, a finished run is followed by its refit run (R/refit, a run directory of its
+    own), whose summary goes into R/metrics.json under `refit`.
     """
+    metrics, complete = _train_run(cfg, reexport=reexport, fresh=fresh, on_epoch_end=on_epoch_end,
+                                   break_lock=break_lock)
+    if not cfg.train.refit or (metrics.get("refit") or {}).get("status") == "done":
+        return metrics, complete
+    refit = refit_config(cfg, int(metrics["best_epoch"]))
+    log.info("refit: train + valid for %d epoch(s) (the best on valid) -> %s", refit.train.epochs, refit.output_dir)
+    refit_metrics, _ = _train_run(refit, reexport=reexport, break_lock=break_lock)
+    metrics["refit"] = {"status": "done", "run": refit.output_dir, "epochs": refit.train.epochs,
+                        "train_events": sum(r["train_events"] for r in refit_metrics["epochs"]) // refit.train.epochs,
+                        "test": refit_metrics["test"]}
+    from sbrjob.distribute import is_chief
+
+    if is_chief():
+        storage.write_text(Run(cfg.output_dir).metrics_path, json.dumps(metrics, indent=2, default=float) + "\n")
+    return metrics, False
+
+
+def _train_run(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, on_epoch_end=None,
+               break_lock: bool = False) -> tuple[dict, bool]:
     from sbrjob.distribute import is_chief, make_strategy  # TensorFlow: imported by the stages that train
     from sbrjob.train import configure_determinism, fit
 
@@ -214,7 +247,7 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
         hooks = ([early_stopping(cfg.eval.metric, cfg.train.patience)] if cfg.train.patience else [])
         hooks += [on_epoch_end] if callable(on_epoch_end) else list(on_epoch_end or [])
         metrics = fit(cfg, strategy, kind, run.split_dir("train"), n_items, support,
-                      evaluators=_evaluators(run, cfg, support), on_epoch_end=hooks)
+                      evaluators=_evaluators(run, cfg, manifests, support), on_epoch_end=hooks)
         return metrics, False
 
 

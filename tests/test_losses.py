@@ -99,10 +99,11 @@ def test_sampler_is_deterministic_per_step_and_follows_support_power_alpha():
     np.testing.assert_allclose(np.bincount(uniform, minlength=5) / 1e5, 0.2, atol=0.01)
 
 
-def test_step_scores_batch_plus_samples_and_logq_uses_each_columns_probability():
+@pytest.mark.parametrize("form", ["official", "normalized"])
+def test_step_scores_batch_plus_samples_and_logq_uses_each_columns_probability(form):
     model = GRU4Rec(ModelConfig(layers=[4]), n_items=30, seed=1)
     support = np.arange(1, 31, dtype=np.float64)
-    cfg = TrainConfig(loss="xe", n_sample=5, sample_alpha=0.5, logq=1.0)
+    cfg = TrainConfig(loss="xe", n_sample=5, sample_alpha=0.5, logq=1.0, logq_form=form)
     sampler = NegativeSampler(support, cfg.n_sample, cfg.sample_alpha)
     h = tf.random.normal([2, 4], seed=4)
     batch = tf.constant([3, 8, 8, 20], tf.int32)  # global batch of 4; this replica owns lanes 2, 3
@@ -111,8 +112,11 @@ def test_step_scores_batch_plus_samples_and_logq_uses_each_columns_probability()
     extra = sampler.draw(seed).numpy()
     cols = np.concatenate([batch.numpy(), extra])
     scores = model.scores_for(h, tf.constant(cols)).numpy()
-    log_q = np.concatenate([np.log(support[batch.numpy()] / support.sum()),
-                            np.log(np.sqrt(support[extra]) / np.sqrt(support).sum())])
+    if form == "official":  # the official code: log c and alpha * log c, unnormalised
+        log_q = np.concatenate([np.log(support[batch.numpy()]), 0.5 * np.log(support[extra])])
+    else:
+        log_q = np.concatenate([np.log(support[batch.numpy()] / support.sum()),
+                                np.log(np.sqrt(support[extra]) / np.sqrt(support).sum())])
     want = [-np.log(softmax(scores[i] - log_q)[2 + i]) for i in range(2)]
     np.testing.assert_allclose(got, want, rtol=1e-4)
     no_samples = TrainConfig(loss="xe", n_sample=0, logq=0.0)

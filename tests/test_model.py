@@ -84,17 +84,21 @@ def test_embedding_mode_sizes_and_stacked_layers():
     np.testing.assert_allclose(new[-1].numpy(), h.numpy())  # without dropout the output is the last state
 
 
-def test_dropout_drops_with_probability_and_rescales_but_never_the_carried_state():
+@pytest.mark.parametrize("carry", [True, False])
+def test_dropout_drops_with_probability_and_rescales_and_carries_as_configured(carry):
     model = make(n_items=20, layers=[400], input="embedding", embedding_dim=300,
-                 dropout_embedding=0.3, dropout_hidden=0.5)
+                 dropout_embedding=0.3, dropout_hidden=0.5, carry_dropout=carry)
     items = tf.constant([1, 2, 3, 4], tf.int32)
     state = model.initial_state(4)
     h, new = model.step(items, state, training=True, dropout_seed=tf.constant([1, 2], tf.int64))
     zeros = np.mean(h.numpy() == 0)
     assert 0.4 < zeros < 0.6  # probability of DROPPING, not keeping
-    assert np.mean(new[0].numpy() == 0) < 0.01  # the state itself is not dropped
-    kept = h.numpy() != 0
-    np.testing.assert_allclose(h.numpy()[kept], new[0].numpy()[kept] / 0.5, rtol=1e-5)
+    if carry:  # the official code: the dropped output is the next state
+        np.testing.assert_array_equal(new[0].numpy(), h.numpy())
+    else:  # the undropped output is carried; the kept units are the carried ones rescaled
+        assert np.mean(new[0].numpy() == 0) < 0.01
+        kept = h.numpy() != 0
+        np.testing.assert_allclose(h.numpy()[kept], new[0].numpy()[kept] / 0.5, rtol=1e-5)
     again, _ = model.step(items, state, training=True, dropout_seed=tf.constant([1, 2], tf.int64))
     np.testing.assert_array_equal(h.numpy(), again.numpy())  # stateless: same seed, same masks
     inference, inf_state = model.step(items, state, training=False)  # no dropout at inference

@@ -1,0 +1,85 @@
+"""train.refit and the fidelity switches' defaults (issue #14): the final model trained on train +
+valid for the epoch count chosen on valid; runs written before a changed default keep their values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sbrjob import stages
+from sbrjob.config import load_config
+from sbrjob.errors import SbrjobError
+from sbrjob.runs import Run
+
+from conftest import cli
+
+
+def test_refit_trains_the_best_epoch_count_on_train_plus_valid_and_is_added_to_a_finished_run(tmp_path):
+    out = tmp_path / "run"
+    base = ["-c", "tiny", "--set", f"output_dir={out}", "--set", "train.epochs=2"]
+    first = cli("train", *base)
+    assert first.exit_code == 0, first.output
+    main = json.loads((out / "metrics.json").read_text())
+    assert "refit" not in main and not (out / "refit").exists()
+    checkpoints = sorted(p.name for p in (out / "checkpoints" / "last").iterdir())
+
+    second = cli("train", *base, "--set", "train.refit=true")  # a resumable key: the run is not retrained
+    assert second.exit_code == 0, second.output
+    assert sorted(p.name for p in (out / "checkpoints" / "last").iterdir()) == checkpoints
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == main["epochs"]
+    refit = metrics["refit"]
+    assert refit["status"] == "done" and refit["epochs"] == main["best_epoch"]
+    assert refit["run"] == str(out / "refit") and f"final model: {out / 'refit'}" in second.stdout
+
+    refit_run = Run(str(out / "refit"))
+    cfg = refit_run.saved_config()
+    assert cfg.split.valid_fraction == 0 and cfg.train.epochs == main["best_epoch"] and not cfg.train.refit
+    shards = {s: json.loads((out / "refit" / "shards" / s / "manifest.json").read_text()) for s in ("train", "valid")}
+    own = {s: json.loads((out / "shards" / s / "manifest.json").read_text()) for s in ("train", "valid")}
+    assert shards["valid"]["pairs"] == 0  # the valid period is training data now
+    assert shards["train"]["pairs"] == own["train"]["pairs"] + own["valid"]["pairs"]
+    assert refit["train_events"] == shards["train"]["pairs"]
+    refit_metrics = json.loads((out / "refit" / "metrics.json").read_text())
+    assert all("valid" not in r for r in refit_metrics["epochs"])
+    assert refit["test"]["mrr@20"] == refit_metrics["test"]["mrr@20"]
+    # the test split is the same sessions; only targets unknown to the smaller vocabulary may differ
+    assert refit["test"]["events"] >= main["test"]["events"]
+
+    again = cli("train", *base, "--set", "train.refit=true")
+    assert again.exit_code == 0 and "is complete" in again.output
+    used = cli("evaluate", "--run", str(out / "refit"))
+    assert used.exit_code == 0, used.output
+    assert json.loads(used.stdout)["mrr@20"] == pytest.approx(refit["test"]["mrr@20"], abs=1e-6)
+
+
+def test_refit_needs_a_validation_split_and_a_split_it_can_redo(tmp_path):
+    with pytest.raises(SbrjobError, match="train.refit: needs a validation split"):
+        load_config("tiny", ["train.refit=true", "split.valid_fraction=0"])
+    with pytest.raises(SbrjobError, match="train.refit: needs split.scheme days or fraction"):
+        load_config("yoochoose", ["train.refit=true", "split.scheme=given", "data.format=gru4rec",
+                                  "data.test_path=x.txt"])
+    cfg = load_config("yoochoose", ["train.refit=true"])
+    refit = stages.refit_config(cfg, 3)
+    assert (refit.split.valid_days, refit.train.epochs, refit.train.patience) == (0, 3, 0)
+    assert refit.output_dir.endswith("/refit") and cfg.split.valid_days == 1  # the original is untouched
+
+
+def test_a_run_config_written_before_a_changed_default_keeps_the_old_behaviour(tmp_path):
+    cfg = load_config("tiny", [f"output_dir={tmp_path}"])
+    assert cfg.train.logq_form == "official" and cfg.model.carry_dropout is True
+    raw = cfg.to_dict()
+    del raw["train"]["logq_form"], raw["model"]["carry_dropout"]  # as a run trained before these keys
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    old = Run(str(tmp_path)).saved_config()
+    assert old.train.logq_form == "normalized" and old.model.carry_dropout is False
+
+
+@pytest.mark.parametrize("loss, want", [("bpr-max", "elu"), ("top1-max", "elu"), ("xe", "linear"),
+                                        ("softmax", "linear")])
+def test_final_activation_auto_is_the_official_elu_for_the_ranking_losses(loss, want):
+    cfg = load_config("tiny", [f"train.loss={loss}"])
+    assert cfg.model.final_activation == want and cfg.model.elu_param == 0.5
+    assert load_config("tiny", [f"train.loss={loss}", "model.final_activation=linear"]).model.final_activation == "linear"
