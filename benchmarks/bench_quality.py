@@ -37,6 +37,17 @@ VARIANTS = {
     "logq-official": ["model.carry_dropout=false"],
     "carry": ["train.logq_form=normalized"],
     "shipped": [],
+    # candidates for robust shipped settings (on top of the regime's config)
+    "ns2048": ["train.n_sample=2048"],
+    "moredrop": ["model.dropout_embedding=0.4", "model.dropout_hidden=0.1"],
+    "ns2048-moredrop": ["train.n_sample=2048", "model.dropout_embedding=0.4", "model.dropout_hidden=0.1"],
+    # xe with the official README's structure (layers, batch, dropout, lr, momentum, alpha)
+    "xe-official-shape": ["model.layers=[224]", "export.batch_size=80", "model.dropout_embedding=0.5",
+                          "model.dropout_hidden=0.05", "train.lr=0.05", "train.momentum=0.4",
+                          "train.sample_alpha=0.4", "train.n_sample=2048"],
+    # refit, judged without the test split: the valid period is scored as "test" (split.drop_test);
+    # compare the row's test (train only, best epoch on the inner valid) with its refit_test
+    "refit-check": ["split.drop_test=true", "train.refit=true"],
     # the official README command (RetailRocket example), 10 epochs, read at the last epoch too
     "official": {"config": "reference/movielens-bprmax", "last": True},
     "official-linear": {"config": "reference/movielens-bprmax", "last": True,
@@ -93,6 +104,9 @@ def run_one(regime: str, variant: str, root: Path, extra: list[str]) -> dict:
            "valid": {k: m["epochs"][m["best_epoch"] - 1]["valid"][k] for k in ("recall@20", "mrr@20")},
            "test": {k: m["test"][k] for k in ("recall@20", "mrr@20")},
            "valid_curve": [round(r["valid"]["mrr@20"], 4) for r in m["epochs"]]}
+    if m.get("refit"):
+        row["refit_test"] = {k: m["refit"]["test"][k] for k in ("recall@20", "mrr@20")}
+        row["refit_epochs"] = m["refit"]["epochs"]
     if _variant(variant).get("last"):
         ev = subprocess.run([sys.executable, "-m", "sbrjob", "evaluate", "--run", str(out), "--checkpoint", "last"],
                             cwd=ROOT, capture_output=True, text=True)
@@ -123,6 +137,8 @@ def summary(rows: list[dict]) -> str:
                 cells.append("-")
                 continue
             cell = f"{r['valid']['mrr@20']:.4f} / {r['test']['recall@20']:.4f} / {r['test']['mrr@20']:.4f}"
+            if "refit_test" in r:
+                cell += f" (refit: {r['refit_test']['recall@20']:.4f} / {r['refit_test']['mrr@20']:.4f})"
             if "test_last" in r:
                 cell += f" (last epoch: {r['test_last']['recall@20']:.4f} / {r['test_last']['mrr@20']:.4f})"
             cells.append(cell + f" (ep {r['best_epoch']})")

@@ -77,6 +77,11 @@ class SplitConfig:
     valid_days: float = 1.0
     test_fraction: float = 0.1
     valid_fraction: float = 0.1
+    # for choosing settings without the test split: drop the test period, score on the valid period
+    # as "test" and carve a new valid of the same size before it
+    drop_test: bool = False
+    # train on the valid sessions too (no valid split): what `train.refit` sets for its run
+    merge_valid: bool = False
 
 
 @dataclass
@@ -222,6 +227,8 @@ def validate(cfg: JobConfig) -> None:
     _check(0 < s.test_fraction < 1, "split.test_fraction", "must be between 0 and 1")
     _check(0 <= s.valid_fraction < 1 and s.test_fraction + s.valid_fraction < 1, "split.valid_fraction",
            "must be >= 0 and test_fraction + valid_fraction < 1")
+    _check(not s.drop_test or (s.scheme != "given" and (s.valid_days if s.scheme == "days" else s.valid_fraction) > 0),
+           "split.drop_test", "needs split.scheme days or fraction with a validation split (valid_days/valid_fraction > 0)")
     _check(s.scheme != "given" or d.format in ("gru4rec", "table"), "split.scheme",
            "'given' needs data.format gru4rec or table with data.test_path")
     _check(s.scheme != "given" or bool(d.test_path), "data.test_path", "required by split.scheme 'given'")

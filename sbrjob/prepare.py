@@ -235,25 +235,41 @@ def session_bounds(log: Log) -> tuple[np.ndarray, np.ndarray]:
     return log.time[starts], log.time[ends]
 
 
+def _carve(out: np.ndarray, start, end, split_cfg, pool: int, code: int, days: float, fraction: float,
+           n_total: int) -> None:
+    """Mark the latest sessions of `pool` (by end time) as `code`: the last `days` or `fraction`."""
+    inside = out == pool
+    if not inside.any():
+        return
+    if split_cfg.scheme == "days":
+        out[inside & (end >= end[inside].max() - days * DAY)] = code
+        return
+    idx = np.flatnonzero(inside)
+    order = idx[np.lexsort((idx, start[idx], end[idx]))]  # by end time; ties by start, then session
+    n = max(1, int(round(n_total * fraction))) if code == 2 else int(round(n_total * fraction))
+    if n:
+        out[order[-n:]] = code
+
+
 def assign_splits(log: Log, split_cfg) -> np.ndarray:
-    """Per session: 0 train, 1 valid, 2 test (the days or fraction scheme)."""
+    """Per session: 0 train, 1 valid, 2 test (the days or fraction scheme); 3 dropped (`drop_test`).
+
+    days: the GRU4Rec tutorial: test = sessions ending in the final test_days; valid is carved out
+    of the remaining (train) sessions the same way, measured from their own latest event.
+    fraction: sessions sorted by end time, the last test_fraction test, the valid_fraction before valid.
+    `drop_test`: the test period is dropped, valid becomes the test and a new valid of the same
+    size is carved out before it, so settings (refit, epochs) can be chosen without the test split.
+    `merge_valid`: the valid sessions stay in train (train.refit's run).
+    """
     start, end = session_bounds(log)
     out = np.zeros(len(end), dtype=np.int8)
-    if split_cfg.scheme == "days":
-        # the GRU4Rec tutorial: test = sessions ending in the final test_days; valid is carved out
-        # of the remaining (train) sessions the same way, measured from their own latest event
-        test = end >= end.max() - split_cfg.test_days * DAY
-        out[test] = 2
-        if split_cfg.valid_days > 0 and (~test).any():
-            valid = ~test & (end >= end[~test].max() - split_cfg.valid_days * DAY)
-            out[valid] = 1
-        return out
-    n = len(end)
-    order = np.lexsort((np.arange(n), start, end))  # by end time; ties by start, then session
-    n_test = max(1, int(round(n * split_cfg.test_fraction)))
-    n_valid = int(round(n * split_cfg.valid_fraction))
-    out[order[n - n_test:]] = 2
-    out[order[max(0, n - n_test - n_valid):n - n_test]] = 1
+    n, s = len(end), split_cfg
+    _carve(out, start, end, s, 0, 2, s.test_days, s.test_fraction, n)
+    if s.drop_test:
+        out[out == 2] = 3
+        _carve(out, start, end, s, 0, 2, s.valid_days, s.valid_fraction, n)
+    if (s.valid_days if s.scheme == "days" else s.valid_fraction) > 0 and not s.merge_valid:
+        _carve(out, start, end, s, 0, 1, s.valid_days, s.valid_fraction, n)
     return out
 
 

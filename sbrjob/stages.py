@@ -186,7 +186,7 @@ def refit_config(cfg: JobConfig, epochs: int) -> JobConfig:
     """`train.refit`: the same job with the valid period folded into train, `epochs` epochs, in R/refit."""
     out = copy.deepcopy(cfg)
     out.output_dir = Run(cfg.output_dir).refit_dir
-    out.split.valid_days, out.split.valid_fraction = 0.0, 0.0
+    out.split.merge_valid = True
     out.train.epochs, out.train.refit, out.train.patience = epochs, False, 0
     return out
 

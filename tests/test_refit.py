@@ -36,7 +36,7 @@ def test_refit_trains_the_best_epoch_count_on_train_plus_valid_and_is_added_to_a
 
     refit_run = Run(str(out / "refit"))
     cfg = refit_run.saved_config()
-    assert cfg.split.valid_fraction == 0 and cfg.train.epochs == main["best_epoch"] and not cfg.train.refit
+    assert cfg.split.merge_valid and cfg.train.epochs == main["best_epoch"] and not cfg.train.refit
     shards = {s: json.loads((out / "refit" / "shards" / s / "manifest.json").read_text()) for s in ("train", "valid")}
     own = {s: json.loads((out / "shards" / s / "manifest.json").read_text()) for s in ("train", "valid")}
     assert shards["valid"]["pairs"] == 0  # the valid period is training data now
@@ -63,8 +63,8 @@ def test_refit_needs_a_validation_split_and_a_split_it_can_redo(tmp_path):
                                   "data.test_path=x.txt"])
     cfg = load_config("yoochoose", ["train.refit=true"])
     refit = stages.refit_config(cfg, 3)
-    assert (refit.split.valid_days, refit.train.epochs, refit.train.patience) == (0, 3, 0)
-    assert refit.output_dir.endswith("/refit") and cfg.split.valid_days == 1  # the original is untouched
+    assert (refit.split.merge_valid, refit.train.epochs, refit.train.patience) == (True, 3, 0)
+    assert refit.output_dir.endswith("/refit") and not cfg.split.merge_valid  # the original is untouched
 
 
 def test_a_run_config_written_before_a_changed_default_keeps_the_old_behaviour(tmp_path):
@@ -83,3 +83,33 @@ def test_final_activation_auto_is_the_official_elu_for_the_ranking_losses(loss, 
     cfg = load_config("tiny", [f"train.loss={loss}"])
     assert cfg.model.final_activation == want and cfg.model.elu_param == 0.5
     assert load_config("tiny", [f"train.loss={loss}", "model.final_activation=linear"]).model.final_activation == "linear"
+
+
+@pytest.mark.parametrize("scheme, sets", [("fraction", ["split.scheme=fraction"]),
+                                          ("days", ["split.scheme=days", "split.test_days=2", "split.valid_days=2"])])
+def test_drop_test_scores_on_the_valid_period_and_carves_a_new_valid_before_it(scheme, sets):
+    import numpy as np
+
+    from sbrjob.prepare import Log, assign_splits
+
+    rng = np.random.default_rng(0)
+    n = 400
+    lengths = rng.integers(2, 6, n)
+    start = np.sort(rng.uniform(0, 40 * 86400, n))
+    t = np.concatenate([s + np.arange(k) * 60.0 for s, k in zip(start, lengths)])
+    session = np.repeat(np.arange(n), lengths)
+    log = Log(session, np.zeros(len(t), np.int32), np.arange(1), t, None)
+    cfg = load_config("tiny", sets)
+    normal = assign_splits(log, cfg.split)
+    cfg.split.drop_test = True
+    shifted = assign_splits(log, cfg.split)
+    assert (shifted == 3).sum() == (normal == 2).sum() > 0  # the real test period is dropped whole
+    np.testing.assert_array_equal(shifted == 3, normal == 2)
+    np.testing.assert_array_equal(shifted == 2, normal == 1)  # the valid period is now scored as test
+    assert (shifted == 1).sum() > 0 and not ((shifted == 1) & (normal != 0)).any()
+    _, end = log.time[log.starts()], log.time[np.append(log.starts()[1:], len(log)) - 1]
+    assert end[shifted == 1].max() <= end[shifted == 2].max() and end[shifted == 0].max() <= end[shifted == 2].max()
+    cfg.split.merge_valid = True  # train.refit's run under drop_test: the same test, valid trained on
+    merged = assign_splits(log, cfg.split)
+    np.testing.assert_array_equal(merged == 2, shifted == 2)
+    np.testing.assert_array_equal(merged == 0, (shifted == 0) | (shifted == 1))
