@@ -36,7 +36,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from sbrjob import shards, storage
-from sbrjob.config import JobConfig, join, load_config, load_run_config
+from sbrjob.config import JobConfig, join, load_run_config
 from sbrjob.errors import SbrjobError
 
 log = logging.getLogger("sbrjob.runs")
