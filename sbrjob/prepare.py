@@ -480,8 +480,8 @@ def prepare(cfg: JobConfig, inputs_id: Optional[list[dict]] = None) -> dict:
     removed: dict = {}
     inputs = {"format": cfg.data.format, "files": [], "rows": 0, "bad_lines": 0, "keyed_by": None}
     logs = _split_logs(cfg, removed, inputs)
-    valid_wanted = (cfg.split.scheme == "given" and bool(cfg.data.valid_path)) or (
-        cfg.split.scheme == "fraction" and cfg.split.valid_fraction > 0) or (
+    valid_wanted = (cfg.split.scheme == "given" and bool(cfg.data.valid_path)) or not cfg.split.merge_valid and (
+        cfg.split.scheme == "fraction" and cfg.split.valid_fraction > 0 or
         cfg.split.scheme == "days" and cfg.split.valid_days > 0)
     for split in SPLITS:
         if split in logs and (split != "valid" or valid_wanted) and not len(logs[split]):
