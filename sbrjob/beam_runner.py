@@ -33,13 +33,14 @@ def require_beam(runner: str) -> None:
                           "(or use --runner inprocess)")
 
 
-def choose(cfg: JobConfig, runner: Optional[str], input_bytes: Optional[int] = None) -> str:
-    """The engine to use: `runner` (the --runner flag) or `beam.runner`; `auto` resolved by input size."""
+def choose(cfg: JobConfig, runner: Optional[str], input_bytes: Optional[int] = None, installed: bool = True) -> str:
+    """The engine to use: `runner` (the --runner flag) or `beam.runner`; `auto` resolved by input size.
+    `installed=False` (a dry run) does not ask for Apache Beam."""
     runner = runner or cfg.beam.runner
     if runner not in RUNNERS:
         raise SbrjobError(f"--runner {runner!r}: use one of {', '.join(RUNNERS)}")
     if runner != "auto":
-        if runner != "inprocess":
+        if runner != "inprocess" and installed:
             require_beam(runner)
         return runner
     threshold = cfg.beam.auto_threshold_mb * 1e6
@@ -52,6 +53,23 @@ def choose(cfg: JobConfig, runner: Optional[str], input_bytes: Optional[int] = N
     log.info("runner auto: %.0f MB of input > beam.auto_threshold_mb %.0f: Beam (DirectRunner)", input_bytes / 1e6,
              cfg.beam.auto_threshold_mb)
     return "beam"
+
+
+def dry_run(cfg: JobConfig, runner: Optional[str], stage: str) -> dict:
+    """What `--dry-run` prints: the engine `runner` resolves to and its Beam pipeline options."""
+    from sbrjob.runs import input_files
+
+    size = 0
+    for _, path in input_files(cfg):
+        try:
+            size += int(storage.content_id(path).get("size") or 0)
+        except (OSError, SbrjobError):  # a missing input is reported by the real run
+            pass
+    engine = choose(cfg, runner, size, installed=False)
+    out = {"stage": stage, "runner": engine, "input_mb": round(size / 1e6, 1)}
+    if engine != "inprocess":
+        out["pipeline_options"] = pipeline_options(cfg, engine, stage)
+    return out
 
 
 def _job_name(cfg: JobConfig, stage: str) -> str:
