@@ -704,6 +704,11 @@ def _filter_rounds(cfg: JobConfig, files: list[str], summaries: list[dict], remo
         cut = None
         if not changed:
             break
+        if not total_of("min_item_support", "events"):
+            # the support pass removed nothing: the next round would find no short session and no
+            # rare item either, so it is counted (as in-process) but not run
+            rounds += 1
+            break
     removed.update(totals)
     info["filter_rounds"] = rounds
     return files
