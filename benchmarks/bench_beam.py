@@ -39,8 +39,12 @@ def run_one(case: str, path: str, export: bool) -> None:
     sets = []
     if rest:
         sets = [f"beam.direct_running_mode={rest[0]}", f"beam.direct_num_workers={rest[1]}"]
-    if runner != "inprocess":
-        import apache_beam  # noqa: F401  (its import is a cost of its own: not counted in the stage)
+    # imports are a cost of their own, not counted in the stages: TensorFlow (the in-process shard
+    # writer) and Apache Beam
+    if runner == "inprocess":
+        import tensorflow  # noqa: F401
+    else:
+        import apache_beam  # noqa: F401
     with tempfile.TemporaryDirectory(prefix="bench-beam-") as out:
         cfg = load_config("yoochoose", [f"data.path={path}", f"output_dir={out}", *sets])
         run = Run(cfg.output_dir)

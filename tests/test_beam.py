@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from conftest import shared_path  # noqa: E402
+from conftest import cli, shared_path  # noqa: E402
 from sbrjob import stages  # noqa: E402
 from sbrjob.config import config_from_dict, load_config  # noqa: E402
 from sbrjob.errors import SbrjobError  # noqa: E402
@@ -54,9 +54,15 @@ def assert_same_outputs(a, b, export=True):
             assert filecmp.cmp(f"{a.split_dir(split)}/{shard}", f"{b.split_dir(split)}/{shard}", shallow=False)
 
 
-def test_tiny_prepare_and_export_are_identical(tmp_path):
-    a, b = _both(lambda d: load_config("tiny", [f"output_dir={d}", *FAST]), tmp_path)
-    assert_same_outputs(a, b)
+def test_tiny_cli_export_on_beam_is_identical(tmp_path):
+    """`sbrjob export --runner beam` (prepare first, then the shards) against the in-process stages."""
+    cfg = load_config("tiny", [f"output_dir={tmp_path / 'inprocess'}"])
+    stages.export_stage(cfg)
+    sets = [x for kv in [f"output_dir={tmp_path / 'beam'}", *FAST] for x in ("--set", kv)]
+    res = cli("export", "--config", "tiny", *sets, "--runner", "beam")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["train"]["shards"] == 2
+    assert_same_outputs(Run(str(tmp_path / "inprocess")), Run(str(tmp_path / "beam")))
 
 
 def test_ml1m_identical(tmp_path):

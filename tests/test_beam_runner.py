@@ -2,6 +2,10 @@
 workers write without TensorFlow: none of this needs apache-beam installed."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +16,18 @@ from sbrjob.cli import app
 from sbrjob.config import load_config
 from sbrjob.errors import SbrjobError
 
+REPO = Path(__file__).resolve().parents[1]
 GS = ["--set", "output_dir=gs://b/run", "--set", "beam.project=proj", "--set", "beam.temp_location=gs://b/tmp",
       "--set", "beam.machine_type=n2-highmem-8", "--set", "beam.max_workers=25"]
+
+
+def test_beam_modules_import_neither_tensorflow_nor_beam_at_import():
+    """Beam workers never load TensorFlow; the CLI imports Apache Beam only when a pipeline runs."""
+    code = ("import sys, sbrjob.beam_prepare, sbrjob.beam_export, sbrjob.beam_runner; "
+            "print(sorted(m for m in ('tensorflow', 'apache_beam') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.stdout.strip() == "[]"
 
 
 def test_tfrecord_framing_is_byte_identical_to_tensorflow(tmp_path):
