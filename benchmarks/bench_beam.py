@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = ["inprocess", "beam:multi_processing:2", "beam:multi_threading:2"]
+CASES = ["inprocess", "beam:multi_processing:2", "beam:in_memory:1"]
 
 
 def run_one(case: str, path: str, export: bool) -> None:
@@ -71,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clicks", type=int, default=3_300_000, help="synthetic clicks (33003944 = full scale)")
     ap.add_argument("--cases", nargs="+", default=CASES,
-                    help="inprocess, or beam:MODE:WORKERS (MODE in_memory, multi_threading, multi_processing)")
+                    help="inprocess, or beam:MODE:WORKERS (MODE in_memory or multi_processing)")
     ap.add_argument("--no-export", action="store_true", help="prepare only")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)

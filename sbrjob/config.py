@@ -148,9 +148,11 @@ class BeamConfig:
     auto_threshold_mb: float = 2048.0  # `auto` picks beam above this much input (docs/beam.md: measured)
     buckets: int = 64  # shuffle partitions: sessions are grouped by hash(user or session key) % buckets
     chunk_mb: float = 64.0  # uncompressed text inputs are parsed in chunks of about this size
-    # DirectRunner: parallel workers (0 = one per CPU) and how they run
+    # DirectRunner: parallel workers (0 = one per CPU) and how they run: multi_processing (worker
+    # processes) or in_memory (one worker). multi_threading is refused: under heavy load it gave
+    # outputs that differ from in-process (docs/beam.md), in_memory and multi_processing never did
     direct_num_workers: int = 0
-    direct_running_mode: Literal["in_memory", "multi_threading", "multi_processing"] = "multi_processing"
+    direct_running_mode: Literal["in_memory", "multi_processing"] = "multi_processing"
     # Dataflow (`--runner dataflow`); temp_location must be gs://. The cost is workers x hours of
     # machine_type (plus disk_size_gb per worker); max_workers caps the autoscaling.
     project: str | None = None

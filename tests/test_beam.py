@@ -17,8 +17,9 @@ from sbrjob.config import config_from_dict, load_config  # noqa: E402
 from sbrjob.errors import SbrjobError  # noqa: E402
 from sbrjob.runs import PREPARED_FILES, SPLITS, Run  # noqa: E402
 
-# two threads, few buckets: the DirectRunner's start-up per pipeline dominates at this size
-FAST = ["beam.direct_running_mode=multi_threading", "beam.direct_num_workers=2", "beam.buckets=8"]
+# one worker, few buckets: the DirectRunner's start-up per pipeline dominates at this size; the
+# tiny CLI test runs 2 worker processes (multi_processing, the default)
+FAST = ["beam.direct_running_mode=in_memory", "beam.direct_num_workers=1", "beam.buckets=8"]
 
 
 def _both(make, tmp_path, export=True):
@@ -58,7 +59,8 @@ def test_tiny_cli_export_on_beam_is_identical(tmp_path):
     """`sbrjob export --runner beam` (prepare first, then the shards) against the in-process stages."""
     cfg = load_config("tiny", [f"output_dir={tmp_path / 'inprocess'}"])
     stages.export_stage(cfg)
-    sets = [x for kv in [f"output_dir={tmp_path / 'beam'}", *FAST] for x in ("--set", kv)]
+    sets = [x for kv in [f"output_dir={tmp_path / 'beam'}", "beam.direct_num_workers=2", "beam.buckets=8"]
+            for x in ("--set", kv)]
     res = cli("export", "--config", "tiny", *sets, "--runner", "beam")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["train"]["shards"] == 2
@@ -119,7 +121,7 @@ def test_table_with_every_cleaning_step_identical(tmp_path):
             "filter": {"last_days": 30, "min_session_length": 3, "min_item_support": 3},
             "split": {"scheme": "days", "test_days": 3, "valid_days": 3},
             "export": {"batch_size": 8, "shards": 2, "block_steps": 4, "eval_batch_size": 8},
-            "beam": {"chunk_mb": 0.01, "direct_running_mode": "multi_threading", "direct_num_workers": 2,
+            "beam": {"chunk_mb": 0.01, "direct_running_mode": "in_memory", "direct_num_workers": 1,
                      "buckets": 8}})
 
     a, b = _both(make, tmp_path)
