@@ -6,7 +6,7 @@ RUN ?= runs/tiny
 IMAGE ?= sbrjob:latest
 ARGS ?= train --config tiny
 
-.PHONY: install test lint smoke demo bench docker-build docker-run docker-ci clean
+.PHONY: install test test-beam lint smoke demo bench docker-build docker-run docker-ci clean
 
 install: $(BIN)/sbrjob
 
@@ -18,6 +18,18 @@ $(BIN)/sbrjob: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The Beam tests (tests/test_beam.py) in their own venv: apache-beam[gcp] pins protobuf<7 and
+# pyarrow<26 (pyproject's `beam` extra), so it does not share the main venv's resolution.
+BEAM_VENV ?= .venv-beam
+$(BEAM_VENV)/bin/pytest: pyproject.toml
+	$(PY) -m venv $(BEAM_VENV)
+	$(BEAM_VENV)/bin/pip install -q --upgrade pip
+	$(BEAM_VENV)/bin/pip install -q -e ".[dev,beam]"
+	touch $@
+
+test-beam: $(BEAM_VENV)/bin/pytest
+	$(BEAM_VENV)/bin/python -m pytest -q tests/test_beam.py tests/test_beam_runner.py
 
 lint: install
 	$(BIN)/ruff check sbrjob tests benchmarks scripts

@@ -69,32 +69,58 @@ def assign_lanes(steps: np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray]
     return keys % lanes, keys // lanes
 
 
-def layout(session: np.ndarray, item: np.ndarray, lanes: int, block_steps: int,
-           order: np.ndarray | None = None) -> Layout:
-    """Lay out a split's events (rows sorted by session) on `lanes` lanes in blocks of `block_steps`.
+@dataclass(frozen=True)
+class Plan:
+    """Where every session goes: computed from the session lengths alone (a few bytes per session),
+    so the lanes can then be filled piece by piece (`fill`), e.g. one shard per worker."""
 
-    `order` is the sequence in which session ids enter the lanes (default: 0, 1, 2, ... = oldest
-    first). Sessions with fewer than 2 events give no step and are skipped.
-    """
-    item = np.asarray(item, dtype=np.int32)
+    lengths: np.ndarray  # int64 events per session id
+    order: np.ndarray  # the session ids laid out (length >= 2), in the order they enter the lanes
+    lane: np.ndarray  # per laid-out session: its lane
+    start: np.ndarray  # per laid-out session: its first step in the lane
+    lane_steps: np.ndarray  # int64 [lanes]: real steps per lane
+    lanes: int
+    n_steps: int  # steps per lane, a multiple of the block length
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.lengths[self.order] - 1
+
+
+def plan(session: np.ndarray, lanes: int, block_steps: int, order: np.ndarray | None = None) -> Plan:
+    """The lane and start step of every session (see `layout`)."""
     lengths = session_lengths(session)
-    first = np.cumsum(lengths) - lengths  # row of each session's first event
     if order is None:
         order = np.arange(len(lengths))
     order = order[lengths[order] >= 2]
-    steps = lengths[order] - 1
-    lane, start = assign_lanes(steps, lanes)
-    lane_steps = np.bincount(lane, weights=steps, minlength=lanes).astype(np.int64)
+    lane, start = assign_lanes(lengths[order] - 1, lanes)
+    lane_steps = np.bincount(lane, weights=lengths[order] - 1, minlength=lanes).astype(np.int64)
     n_steps = -(-int(lane_steps.max(initial=0)) // block_steps) * block_steps
-    size = lanes * n_steps
+    return Plan(lengths, order, lane, start, lane_steps, lanes, n_steps)
 
-    # Where every row lands in the flat [lanes * n_steps] layout, all rows at once: row e of a laid
+
+def fill(p: Plan, item: np.ndarray, lane_lo: int = 0, lane_hi: int | None = None) -> dict[str, np.ndarray]:
+    """The `[lane_hi - lane_lo, n_steps]` input/target/reset/weight arrays of lanes lane_lo..lane_hi-1.
+
+    Only the rows of sessions on those lanes are touched: filling every lane range separately gives
+    exactly the rows of the whole layout.
+    """
+    lane_hi = p.lanes if lane_hi is None else lane_hi
+    item = np.asarray(item, dtype=np.int32)
+    n_steps, width = p.n_steps, lane_hi - lane_lo
+    size = width * n_steps
+    first = np.cumsum(p.lengths) - p.lengths  # row of each session's first event
+    mine = (p.lane >= lane_lo) & (p.lane < lane_hi)
+    order, lane, start = p.order[mine], p.lane[mine] - lane_lo, p.start[mine]
+    steps = p.lengths[order] - 1
+    # Where every row lands in the flat [width * n_steps] layout, all rows at once: row e of a laid
     # out session goes to base[session] + e. Rows that feed no step (a session's last row, sessions
-    # too short) go to one extra scratch slot at the end that is cut off afterwards.
-    base = size - first  # too-short sessions: their only row -> scratch
+    # too short or on other lanes) go to one extra scratch slot at the end that is cut off afterwards.
+    base = size - first
     base[order] = lane * n_steps + start - first[order]
-    flat = np.repeat(base, lengths) + np.arange(len(item))
+    flat = np.repeat(base, p.lengths) + np.arange(len(item))
     flat[first[order] + steps] = size
+    flat[flat > size] = size  # rows of other lanes' sessions
     inputs = np.zeros(size + 1, dtype=np.int32)
     targets = np.zeros(size + 1, dtype=np.int32)
     weight = np.zeros(size + 1, dtype=np.uint8)
@@ -103,7 +129,19 @@ def layout(session: np.ndarray, item: np.ndarray, lanes: int, block_steps: int,
     targets[flat[:-1]] = item[1:]  # the step fed by row e predicts row e+1
     weight[flat] = 1
     reset[lane * n_steps + start] = 1
-    shape = (lanes, n_steps)
-    return Layout(inputs[:size].reshape(shape), targets[:size].reshape(shape), reset[:size].reshape(shape),
-                  weight[:size].reshape(shape), lane_steps, sessions=len(order),
-                  events=int(lengths[order].sum()), pairs=int(steps.sum()))
+    shape = (width, n_steps)
+    return {"input": inputs[:size].reshape(shape), "target": targets[:size].reshape(shape),
+            "reset": reset[:size].reshape(shape), "weight": weight[:size].reshape(shape)}
+
+
+def layout(session: np.ndarray, item: np.ndarray, lanes: int, block_steps: int,
+           order: np.ndarray | None = None) -> Layout:
+    """Lay out a split's events (rows sorted by session) on `lanes` lanes in blocks of `block_steps`.
+
+    `order` is the sequence in which session ids enter the lanes (default: 0, 1, 2, ... = oldest
+    first). Sessions with fewer than 2 events give no step and are skipped.
+    """
+    p = plan(session, lanes, block_steps, order)
+    a = fill(p, item)
+    return Layout(a["input"], a["target"], a["reset"], a["weight"], p.lane_steps, sessions=len(p.order),
+                  events=int(p.lengths[p.order].sum()), pairs=int(p.steps.sum()))

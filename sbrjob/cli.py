@@ -36,6 +36,8 @@ RunOpt = Annotated[Optional[str], typer.Option("--run", "-r", metavar="DIR", hel
 ConfigRunOpt = Annotated[Optional[str], typer.Option("--config", "-c", metavar="CONFIG", help="Instead of --run: a config whose output_dir is the run (it must agree with the run).")]
 ForceOpt = Annotated[bool, typer.Option(help="Rewrite the output even when it is current (not on a trained run).")]
 FreshOpt = Annotated[bool, typer.Option("--fresh", help="Start the run anew: its previous outputs, checkpoints included, are moved to OUTPUT_DIR/attic/<time>/.")]
+RunnerOpt = Annotated[Optional[Literal["inprocess", "beam", "dataflow", "auto"]], typer.Option(help="Where the stage runs: inprocess (numpy here), beam (Apache Beam DirectRunner, needs sbrjob[beam]), dataflow (Google Cloud Dataflow, the beam: config section), auto (beam above beam.auto_threshold_mb of input). Default: beam.runner (inprocess). Same outputs either way (docs/beam.md).")]
+BeamDryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the runner and its Beam pipeline options (JSON) and run nothing.")]
 BreakLockOpt = Annotated[bool, typer.Option("--break-lock", help="gs:// runs: remove a lock left by a job that was killed without cleanup (only when no job is using the run).")]
 
 
@@ -97,6 +99,8 @@ def prepare(
     on_bad_lines: Annotated[Optional[Literal["error", "skip"]], typer.Option(help="error (default): stop at the first malformed line and name it; skip: drop such lines and count them in stats.json.")] = None,
     force: ForceOpt = False,
     fresh: FreshOpt = False,
+    runner: RunnerOpt = None,
+    dry_run: BeamDryRunOpt = False,
 ) -> None:
     """Read raw logs, build sessions, filter, split by time; write Parquet splits, item vocabulary, stats.json and data_report.png to OUTPUT_DIR/data.
 
@@ -109,6 +113,7 @@ def prepare(
 
     \b
       sbrjob prepare --config movielens --set data.path=data/ml-1m/ratings.dat --set sessions.gap=3600
+      sbrjob prepare --config yoochoose --runner beam
     """
     from sbrjob.stages import prepare_stage
 
@@ -116,7 +121,12 @@ def prepare(
     if on_bad_lines:
         overrides.append(f"data.on_bad_lines={on_bad_lines}")
     cfg = _load(config, overrides)
-    data, written = prepare_stage(cfg, force=force, fresh=fresh)
+    if dry_run:
+        from sbrjob.beam_runner import dry_run as beam_dry_run
+
+        _print_json(beam_dry_run(cfg, runner, "prepare"))
+        return
+    data, written = prepare_stage(cfg, force=force, fresh=fresh, runner=runner)
     if not written:
         typer.echo(f"{data.data_dir} is current for this config and input; kept (--force rewrites it)", err=True)
     from sbrjob import storage
@@ -134,6 +144,8 @@ def export_(
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Rewrite the shards even when the manifest says they are current (not on a trained run).")] = False,
     fresh: FreshOpt = False,
+    runner: RunnerOpt = None,
+    dry_run: BeamDryRunOpt = False,
 ) -> None:
     """Write session-parallel batches (input, target, reset, weight) of every split to TFRecord shards with a manifest.
 
@@ -145,10 +157,17 @@ def export_(
 
     \b
       sbrjob export --config movielens --set export.batch_size=128
+      sbrjob export --config gs://B/yoochoose.yaml --runner dataflow --dry-run
     """
     from sbrjob.stages import export_stage
 
-    manifests = export_stage(_load(config, set_), force=force, fresh=fresh)
+    cfg = _load(config, set_)
+    if dry_run:
+        from sbrjob.beam_runner import dry_run as beam_dry_run
+
+        _print_json(beam_dry_run(cfg, runner, "export"))
+        return
+    manifests = export_stage(cfg, force=force, fresh=fresh, runner=runner)
     keys = ("lanes", "shards", "block_steps", "blocks", "steps", "sessions", "pairs", "padding")
     _print_json({split: {k: m[k] for k in keys} for split, m in manifests.items()})
 

@@ -155,6 +155,33 @@ class EvalConfig:
 
 
 @dataclass
+class BeamConfig:
+    # where prepare and export run (docs/beam.md): inprocess (numpy on this machine), beam (Apache
+    # Beam's DirectRunner here; needs the sbrjob[beam] extra), dataflow (Google Cloud Dataflow), or
+    # auto (beam when the inputs exceed auto_threshold_mb, else inprocess). --runner overrides it.
+    runner: Literal["inprocess", "beam", "dataflow", "auto"] = "inprocess"
+    auto_threshold_mb: float = 2048.0  # `auto` picks beam above this much input (docs/beam.md: measured)
+    buckets: int = 64  # shuffle partitions: sessions are grouped by hash(user or session key) % buckets
+    chunk_mb: float = 64.0  # uncompressed text inputs are parsed in chunks of about this size
+    # DirectRunner: parallel workers (0 = one per CPU) and how they run: multi_processing (worker
+    # processes) or in_memory (one worker). multi_threading is refused: under heavy load it gave
+    # outputs that differ from in-process (docs/beam.md), in_memory and multi_processing never did
+    direct_num_workers: int = 0
+    direct_running_mode: Literal["in_memory", "multi_processing"] = "multi_processing"
+    # Dataflow (`--runner dataflow`); temp_location must be gs://. The cost is workers x hours of
+    # machine_type (plus disk_size_gb per worker); max_workers caps the autoscaling.
+    project: str | None = None
+    region: str = "us-central1"
+    temp_location: str | None = None
+    machine_type: str = "n2-standard-4"
+    max_workers: int = 10
+    disk_size_gb: int = 50
+    # the container the workers run: an image with sbrjob[beam] installed (docker/Dockerfile plus the extra)
+    sdk_container_image: str | None = None
+    service_account: str | None = None
+
+
+@dataclass
 class JobConfig:
     name: str = "job"
     output_dir: str = "runs/job"  # local path or gs://; data/, shards/, checkpoints/, metrics.json go here
@@ -167,6 +194,7 @@ class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    beam: BeamConfig = field(default_factory=BeamConfig)
 
     # -- derived locations (one place that says where each stage writes) --
     @property
@@ -275,6 +303,15 @@ def validate(cfg: JobConfig) -> None:
     _check(ev.knn_neighbors >= 1 and ev.knn_sample >= 1, "eval.knn_neighbors", "knn_neighbors and knn_sample must be >= 1")
     _check(ev.itemknn_lambda >= 0 and 0 <= ev.itemknn_alpha <= 1, "eval.itemknn_lambda",
            "itemknn_lambda must be >= 0 and itemknn_alpha in [0, 1]")
+    b = cfg.beam
+    _check(b.auto_threshold_mb >= 0, "beam.auto_threshold_mb", "must be >= 0 (megabytes of input)")
+    _check(b.buckets >= 1, "beam.buckets", "must be >= 1")
+    _check(b.chunk_mb > 0, "beam.chunk_mb", "must be > 0")
+    _check(b.direct_num_workers >= 0, "beam.direct_num_workers", "must be >= 0 (0 = one per CPU)")
+    _check(b.max_workers >= 1, "beam.max_workers", "must be >= 1")
+    _check(b.disk_size_gb >= 10, "beam.disk_size_gb", "must be >= 10")
+    _check(b.temp_location is None or b.temp_location.startswith("gs://"), "beam.temp_location",
+           f"must be a gs:// URL (Dataflow stages files there), got {b.temp_location!r}")
 
 
 # ---------------------------------------------------------------- building from mappings

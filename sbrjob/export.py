@@ -25,6 +25,38 @@ def split_layout(cfg: JobConfig, split: str) -> tuple[int, int]:
     return (e.batch_size, e.shards) if split == "train" else (e.eval_batch_size, e.eval_shards)
 
 
+def shard_plan(session: np.ndarray, *, split: str, lanes: int, n_shards: int, block_steps: int,
+               order: np.ndarray | None = None) -> batching.Plan:
+    """The lane plan of one split (from its session ids alone), checked against the shard count."""
+    if lanes % n_shards:
+        raise SbrjobError(f"{split}: {n_shards} shards must divide {lanes} lanes")
+    return batching.plan(session, lanes, block_steps, order)
+
+
+def shard_records(plan: batching.Plan, item: np.ndarray, k: int, n_shards: int, block_steps: int):
+    """The TFRecord records of shard k: its lanes filled from the plan, block after block."""
+    per_shard = plan.lanes // n_shards
+    return shards.shard_records(batching.fill(plan, item, k * per_shard, (k + 1) * per_shard), block_steps)
+
+
+def split_manifest(plan: batching.Plan, *, split: str, n_shards: int, block_steps: int, extra: dict | None,
+                   files: dict[str, str]) -> dict:
+    """The sealed manifest of a written split (`files`: shard name -> sha256)."""
+    steps = plan.steps
+    total = plan.lanes * plan.n_steps
+    pairs = int(steps.sum())
+    manifest = {
+        "version": shards.FORMAT_VERSION, "split": split,
+        "lanes": plan.lanes, "block_steps": block_steps, "shards": n_shards, "lanes_per_shard": plan.lanes // n_shards,
+        "blocks": plan.n_steps // block_steps, "steps": plan.n_steps, "sessions": len(plan.order),
+        "events": int(plan.lengths[plan.order].sum()), "pairs": pairs,
+        "padding": round(0.0 if total == 0 else 1.0 - pairs / total, 6),
+        "lane_steps_min": int(plan.lane_steps.min()), "lane_steps_max": int(plan.lane_steps.max()),
+        **(extra or {}), "files": files,
+    }
+    return shards.sealed(manifest)
+
+
 def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, split: str, lanes: int, n_shards: int,
                 block_steps: int, order: np.ndarray | None = None, extra: dict | None = None,
                 bar: Bar | None = None) -> dict:
@@ -38,30 +70,17 @@ def write_split(session: np.ndarray, item: np.ndarray, dest: str | Path, *, spli
       bar: progress, one step per shard written.
     Returns the manifest.
     """
-    if lanes % n_shards:
-        raise SbrjobError(f"{split}: {n_shards} shards must divide {lanes} lanes")
-    lay = batching.layout(session, item, lanes, block_steps, order)
+    plan = shard_plan(session, split=split, lanes=lanes, n_shards=n_shards, block_steps=block_steps, order=order)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    per_shard = lanes // n_shards
-    blocks = lay.steps // block_steps
     files = {}
-    for k in range(n_shards):
-        rows = slice(k * per_shard, (k + 1) * per_shard)
-        records = shards.shard_records({name: getattr(lay, name)[rows] for name in shards.FEATURES}, block_steps)
+    for k in range(n_shards):  # one shard's lanes at a time: the whole layout is never in memory
         name = shards.shard_name(k, n_shards)
-        files[name] = shards.write_shard(dest / name, records)
+        files[name] = shards.write_shard(dest / name, shard_records(plan, item, k, n_shards, block_steps))
         if bar is not None:
             bar.update(k + 1)
-    manifest = {
-        "version": shards.FORMAT_VERSION, "split": split,
-        "lanes": lanes, "block_steps": block_steps, "shards": n_shards, "lanes_per_shard": per_shard,
-        "blocks": blocks, "steps": lay.steps, "sessions": lay.sessions, "events": lay.events,
-        "pairs": lay.pairs, "padding": round(lay.padding, 6),
-        "lane_steps_min": int(lay.lane_steps.min()), "lane_steps_max": int(lay.lane_steps.max()),
-        **(extra or {}), "files": files,
-    }
-    manifest = shards.sealed(manifest)
+    manifest = split_manifest(plan, split=split, n_shards=n_shards, block_steps=block_steps, extra=extra,
+                              files=files)
     (dest / shards.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

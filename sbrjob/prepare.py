@@ -181,11 +181,12 @@ def _add(total: dict, part: dict) -> None:
         total[k] = total.get(k, 0) + v
 
 
-def filter_sessions_items(log: Log, min_length: int, min_support: int, removed: dict) -> Log:
+def filter_sessions_items(log: Log, min_length: int, min_support: int, removed: dict,
+                          info: dict | None = None) -> Log:
     """Drop short sessions and rare items, repeated until neither removes anything (a fixed point).
 
     Works on a mask of live rows and copies the log once at the end: at 33M events each copy costs
-    ~0.7 GB, the mask 33 MB.
+    ~0.7 GB, the mask 33 MB. `info["filter_rounds"]`: the rounds run, the last one removing nothing.
     """
     n_items = len(log.item_ids)
     alive = np.ones(len(log), dtype=bool)
@@ -197,7 +198,9 @@ def filter_sessions_items(log: Log, min_length: int, min_support: int, removed: 
     def count() -> tuple[int, int, int]:
         return int(lengths.sum()), int(np.count_nonzero(lengths)), int(np.count_nonzero(support))
 
+    rounds = 0
     while True:
+        rounds += 1
         changed = False
         for name, drop in (("min_session_length", lambda: alive & (lengths < min_length)[log.session]),
                            ("min_item_support", lambda: alive & (support < min_support)[log.item])):
@@ -214,6 +217,8 @@ def filter_sessions_items(log: Log, min_length: int, min_support: int, removed: 
         if not changed:
             break
     removed.update(totals)
+    if info is not None:
+        info["filter_rounds"] = rounds
     return log if alive.all() else log.keep(alive)
 
 
@@ -316,7 +321,7 @@ def to_vocabulary(log: Log, vocab: pd.Index) -> tuple[Log, np.ndarray]:
 # ---------------------------------------------------------------- the stage
 
 
-def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
+def _split_logs(cfg: JobConfig, removed: dict, inputs: dict, info: dict) -> dict[str, Log]:
     """Read, sessionize, clean and split; returns one Log per split (items still as input codes)."""
     scfg = cfg.sessions
     paths = {"train": None}
@@ -383,7 +388,13 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict) -> dict[str, Log]:
         before = _counts(log)
         log = keep_last_days(log, f.last_days)
         removed["last_days"] = _removed(before, _counts(log))
-    log = filter_sessions_items(log, f.min_session_length, f.min_item_support, removed)
+    log = filter_sessions_items(log, f.min_session_length, f.min_item_support, removed, info)
+    return split_filtered(cfg, log)
+
+
+def split_filtered(cfg: JobConfig, log: Log) -> dict[str, Log]:
+    """The filtered log cut into train/valid/test (`split.scheme` days or fraction)."""
+    f = cfg.filter
     if not len(log):
         raise SbrjobError(f"no sessions left after filter.min_session_length={f.min_session_length} and "
                           f"filter.min_item_support={f.min_item_support} (applied until nothing changes); "
@@ -479,7 +490,15 @@ def prepare(cfg: JobConfig, inputs_id: Optional[list[dict]] = None) -> dict:
     t0 = clock.perf_counter()
     removed: dict = {}
     inputs = {"format": cfg.data.format, "files": [], "rows": 0, "bad_lines": 0, "keyed_by": None}
-    logs = _split_logs(cfg, removed, inputs)
+    info: dict = {}
+    logs = _split_logs(cfg, removed, inputs, info)
+    return write_prepared(cfg, logs, removed, inputs, info, t0, inputs_id)
+
+
+def write_prepared(cfg: JobConfig, logs: dict[str, Log], removed: dict, inputs: dict, info: dict, t0: float,
+                   inputs_id: Optional[list[dict]] = None) -> dict:
+    """From the split logs (items still as input codes) to `cfg.data_dir`: vocabulary, splits,
+    stats, report, manifest last. Shared by the in-process and the Beam prepare."""
     valid_wanted = (cfg.split.scheme == "given" and bool(cfg.data.valid_path)) or not cfg.split.merge_valid and (
         cfg.split.scheme == "fraction" and cfg.split.valid_fraction > 0 or
         cfg.split.scheme == "days" and cfg.split.valid_days > 0)
@@ -510,7 +529,7 @@ def prepare(cfg: JobConfig, inputs_id: Optional[list[dict]] = None) -> dict:
     support = np.bincount(out["train"].item, minlength=len(vocab)).astype(np.int64)
     items = _items_table(cfg, vocab, support)
     stats = {split: _split_stats(out[split]) for split in SPLITS}
-    stats.update(n_items=len(vocab), input=inputs, removed=removed, bad_lines=inputs["bad_lines"])
+    stats.update(n_items=len(vocab), input=inputs, removed=removed, bad_lines=inputs["bad_lines"], **info)
     n_dup = inputs.get("duplicates", 0)
     stats["duplicates"] = {"events": n_dup, "fraction": round(n_dup / max(inputs["rows"], 1), 6),
                            "dropped": bool(n_dup) and (cfg.sessions.drop_duplicates or cfg.sessions.drop_repeats)}

@@ -57,8 +57,10 @@ def _trained_refusal(run: Run, what: str) -> SbrjobError:
                        "while checkpoints depend on them: use `--fresh` to start the run anew, or another output_dir")
 
 
-def ensure_prepared(run: Run, cfg: JobConfig, force: bool = False) -> Prepared:
-    """The run's prepared data, current for `cfg` and the inputs' content; prepares when missing or stale."""
+def ensure_prepared(run: Run, cfg: JobConfig, force: bool = False, runner: Optional[str] = None) -> Prepared:
+    """The run's prepared data, current for `cfg` and the inputs' content; prepares when missing or stale,
+    in-process or on Beam (`runner`, else `beam.runner`: `beam_runner.choose`)."""
+    from sbrjob import beam_runner
     from sbrjob.prepare import prepare
 
     try:
@@ -74,16 +76,23 @@ def ensure_prepared(run: Run, cfg: JobConfig, force: bool = False) -> Prepared:
     if run.has_checkpoints() and (manifest is not None or force):
         raise _trained_refusal(run, f"{run.data_dir}: {'--force' if force else 'prepared data is stale'}")
     log.info("prepare: %s -> %s", ", ".join(r["path"] for r in inputs), run.data_dir)
-    stats = prepare(cfg, inputs)
+    engine = beam_runner.choose(cfg, runner, sum(int(r.get("size") or 0) for r in inputs))
+    if engine == "inprocess":
+        stats = prepare(cfg, inputs)
+    else:
+        from sbrjob.beam_prepare import prepare_beam
+
+        stats = prepare_beam(cfg, engine, inputs)
     log.info("prepare: %s in %.1f s", ", ".join(f"{s} {stats[s]['events']:,} events / {stats[s]['sessions']:,} sessions"
                                               for s in SPLITS) + f", {stats['n_items']:,} items", stats["seconds"])
     return Prepared.open(run.data_dir)
 
 
 def ensure_exported(run: Run, cfg: JobConfig, data: Prepared, force: bool = False,
-                    splits: tuple[str, ...] = SPLITS) -> dict:
-    """Shard manifests of `splits`, current with the data and export settings; exports what is missing or stale."""
-    from sbrjob import export, shards
+                    splits: tuple[str, ...] = SPLITS, runner: Optional[str] = None) -> dict:
+    """Shard manifests of `splits`, current with the data and export settings; exports what is missing or
+    stale, in-process or on Beam (`runner`, as for `ensure_prepared`)."""
+    from sbrjob import beam_runner, export, shards
 
     stale = [s for s in splits if force or not runs.shards_are_current(run.split_dir(s), data, cfg)]
     if stale and run.has_checkpoints():
@@ -94,7 +103,13 @@ def ensure_exported(run: Run, cfg: JobConfig, data: Prepared, force: bool = Fals
     if stale:
         log.info("export: %s -> %s (%s)", data.data_dir, run.shards_dir, ", ".join(stale))
         t0 = time.perf_counter()
-        out = export.export(cfg, data, stale)
+        engine = beam_runner.choose(cfg, runner, sum(int(r.get("size") or 0) for r in data.manifest.get("inputs") or []))
+        if engine == "inprocess":
+            out = export.export(cfg, data, stale)
+        else:
+            from sbrjob.beam_export import export_beam
+
+            out = export_beam(cfg, data, stale, engine)
         log.info("export: %s in %.1f s", ", ".join(f"{s} {m['pairs']:,} pairs on {m['lanes']} lanes "
                                                  f"({m['padding']:.0%} padding)" for s, m in out.items()),
                  time.perf_counter() - t0)
@@ -123,24 +138,25 @@ def wait_for_export(run: Run, cfg: JobConfig, timeout_s: float = 3600.0, poll_s:
 # ---------------------------------------------------------------- the stages
 
 
-def prepare_stage(cfg: JobConfig, force: bool = False, fresh: bool = False) -> tuple[Prepared, bool]:
+def prepare_stage(cfg: JobConfig, force: bool = False, fresh: bool = False,
+                  runner: Optional[str] = None) -> tuple[Prepared, bool]:
     """`sbrjob prepare`: (the prepared data, whether it was written now)."""
     run = Run(cfg.output_dir)
     with run.lock("prepare"):
         guard(run, cfg, fresh, scope="data")
         before = _digest(run)
-        data = ensure_prepared(run, cfg, force=force)
+        data = ensure_prepared(run, cfg, force=force, runner=runner)
         _save_untrained_config(run, cfg)
         return data, data.digest != before or force
 
 
-def export_stage(cfg: JobConfig, force: bool = False, fresh: bool = False) -> dict:
+def export_stage(cfg: JobConfig, force: bool = False, fresh: bool = False, runner: Optional[str] = None) -> dict:
     """`sbrjob export`: shard manifests of every split (prepares first when needed)."""
     run = Run(cfg.output_dir)
     with run.lock("export"):
         guard(run, cfg, fresh, scope="shards")
-        data = ensure_prepared(run, cfg)
-        manifests = ensure_exported(run, cfg, data, force=force)
+        data = ensure_prepared(run, cfg, runner=runner)
+        manifests = ensure_exported(run, cfg, data, force=force, runner=runner)
         _save_untrained_config(run, cfg)
         return manifests
 

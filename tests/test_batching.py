@@ -116,3 +116,19 @@ def test_empty_split_gives_no_steps():
 def test_unsorted_rows_refused():
     with pytest.raises(SbrjobError, match="not sorted by session"):
         batching.layout(np.array([0, 0, 1, 0]), np.arange(4, dtype=np.int32), lanes=2, block_steps=2)
+
+
+@pytest.mark.parametrize("lanes,per_shard", [(8, 2), (6, 3), (5, 1)])
+def test_filling_lane_ranges_gives_the_rows_of_the_whole_layout(lanes, per_shard):
+    """What a Beam worker writes for its shard (`fill` on its lanes only) is that shard's slice of the layout."""
+    rng = np.random.default_rng(lanes)
+    lengths = rng.integers(1, 12, 60)
+    session = np.repeat(np.arange(60), lengths)
+    item = rng.integers(0, 50, len(session)).astype(np.int32)
+    order = rng.permutation(60)
+    whole = batching.layout(session, item, lanes, 4, order)
+    plan = batching.plan(session, lanes, 4, order)
+    for lo in range(0, lanes, per_shard):
+        part = batching.fill(plan, item, lo, lo + per_shard)
+        for name in ("input", "target", "reset", "weight"):
+            np.testing.assert_array_equal(part[name], getattr(whole, name)[lo:lo + per_shard])
