@@ -17,8 +17,8 @@ from sbrjob.config import config_from_dict, load_config  # noqa: E402
 from sbrjob.errors import SbrjobError  # noqa: E402
 from sbrjob.runs import PREPARED_FILES, SPLITS, Run  # noqa: E402
 
-# one worker, few buckets: the DirectRunner's start-up per pipeline dominates at this size; the
-# tiny CLI test runs 2 worker processes (multi_processing, the default)
+# one worker, few buckets: the DirectRunner's start-up per pipeline dominates at this size (worker
+# processes, multi_processing, cost seconds per pipeline: benchmarks/bench_beam.py checks that mode)
 FAST = ["beam.direct_running_mode=in_memory", "beam.direct_num_workers=1", "beam.buckets=8"]
 
 
@@ -59,8 +59,7 @@ def test_tiny_cli_export_on_beam_is_identical(tmp_path):
     """`sbrjob export --runner beam` (prepare first, then the shards) against the in-process stages."""
     cfg = load_config("tiny", [f"output_dir={tmp_path / 'inprocess'}"])
     stages.export_stage(cfg)
-    sets = [x for kv in [f"output_dir={tmp_path / 'beam'}", "beam.direct_num_workers=2", "beam.buckets=8"]
-            for x in ("--set", kv)]
+    sets = [x for kv in [f"output_dir={tmp_path / 'beam'}", *FAST] for x in ("--set", kv)]
     res = cli("export", "--config", "tiny", *sets, "--runner", "beam")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["train"]["shards"] == 2
