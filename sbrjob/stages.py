@@ -219,6 +219,9 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
                                    break_lock=break_lock)
     if not cfg.train.refit or (metrics.get("refit") or {}).get("status") == "done":
         return metrics, complete
+    if cfg.split.scheme == "given":
+        log.warning("train.refit: skipped: split.scheme given trains on the given files as they are")
+        return metrics, complete
     refit = refit_config(cfg, int(metrics["best_epoch"]))
     log.info("refit: train + valid for %d epoch(s) (the best on valid) -> %s", refit.train.epochs, refit.output_dir)
     refit_metrics, _ = _train_run(refit, reexport=reexport, break_lock=break_lock)

@@ -58,9 +58,9 @@ def test_refit_trains_the_best_epoch_count_on_train_plus_valid_and_is_added_to_a
 def test_refit_needs_a_validation_split_and_a_split_it_can_redo(tmp_path):
     with pytest.raises(SbrjobError, match="train.refit: needs a validation split"):
         load_config("tiny", ["train.refit=true", "split.valid_fraction=0"])
-    with pytest.raises(SbrjobError, match="train.refit: needs split.scheme days or fraction"):
-        load_config("yoochoose", ["train.refit=true", "split.scheme=given", "data.format=gru4rec",
-                                  "data.test_path=x.txt"])
+    given = load_config("yoochoose", ["train.refit=true", "split.scheme=given", "data.format=gru4rec",
+                                      "data.test_path=x.txt"])  # the given files are trained as they are
+    assert given.train.refit  # train_stage skips the refit with a warning
     cfg = load_config("yoochoose", ["train.refit=true"])
     refit = stages.refit_config(cfg, 3)
     assert (refit.split.merge_valid, refit.train.epochs, refit.train.patience) == (True, 3, 0)
