@@ -46,7 +46,8 @@ DATA_FORMAT_VERSION = 2  # 2: inputs by content, sha256 per file, manifest diges
 PREPARED_FILES = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet")
 INPUT_KEYS = ("path", "items_path", "valid_path", "test_path")  # data.* keys naming input files
 # train settings that may change between a run and its resumption without invalidating checkpoints
-RESUMABLE_KEYS = ("epochs", "strategy", "jit_compile", "checkpoint_every_steps", "keep_checkpoints", "patience")
+RESUMABLE_KEYS = ("epochs", "strategy", "jit_compile", "checkpoint_every_steps", "keep_checkpoints", "patience",
+                  "max_steps")
 
 
 class Run:
