@@ -150,6 +150,15 @@ def test_block_sample_store_trains_exactly_as_per_step_draws(shards, tmp_path, m
     got, _ = block_losses(per_step, tf.distribute.get_strategy(), str(shards / "train"), blocks=3)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(per_step.model.Wy.numpy(), stored.model.Wy.numpy())
+    block = next(iter(distribute_blocks(tf.distribute.get_strategy(), str(shards / "train"))))
+
+    def searchsorted_in_step_loop(trainer):
+        graph = trainer.train_block.get_concrete_function(block, trainer.zero_state(),
+                                                          tf.constant(0, tf.int64)).graph.as_graph_def()
+        return sum(n.op == "UpperBound" for f in graph.library.function if "body" in f.signature.name
+                   for n in f.node_def)
+
+    assert searchsorted_in_step_loop(stored) == 0 and searchsorted_in_step_loop(per_step) == 1  # drawn per block
 
 
 def test_max_steps_caps_training_mid_epoch_and_the_run_counts_as_complete(shards, tmp_path):
