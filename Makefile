@@ -6,7 +6,7 @@ RUN ?= runs/tiny
 IMAGE ?= sbrjob:latest
 ARGS ?= train --config tiny
 
-.PHONY: install test test-beam lint smoke demo bench docker-build docker-run docker-ci clean
+.PHONY: install test test-beam lint smoke demo bench gpu-bench docker-build docker-run docker-ci clean
 
 install: $(BIN)/sbrjob
 
@@ -51,6 +51,11 @@ bench: install
 	$(BIN)/python benchmarks/bench_export.py
 	$(BIN)/python benchmarks/bench_train.py --quick
 	$(BIN)/python benchmarks/bench_evaluate.py
+
+# Training speed in the GPU image (docker/Dockerfile.gpu, built if missing) within 5 minutes: one
+# JSON line to benchmarks/results/train_gpu.json. Without a GPU: `make gpu-bench GPU=0` (CPU).
+gpu-bench:
+	GPU=$(or $(GPU),auto) bash scripts/gpu_bench.sh
 
 # The CPU image (docker/Dockerfile): Docker when an engine answers, else podman with a locally
 # bootstrapped debian:bookworm base (see scripts/container_ci.sh). GPU: docker/Dockerfile.gpu.

@@ -12,10 +12,12 @@ by the nominal global batch size.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
-from sbrjob.model import hash_uniform
+from sbrjob.model import _mix32, hash_uniform
 
 MASKED = -1e9  # a finite "minus infinity": exp() is exactly 0 and 0 * MASKED stays finite
 
@@ -25,6 +27,11 @@ class NegativeSampler:
 
     Inverse-CDF sampling (searchsorted) of hashed uniforms costs O(n_sample log n_items) per step, independent of the
     catalogue's size, and every replica given the same (seed, step) draws the same items.
+
+    The training block draws the samples of all its T steps at once (`draw_steps`, a [T, n_sample]
+    store sliced per step: one hash pass and one searchsorted per block instead of ~25 small ops per
+    step). Row t of the store is exactly `draw([seed, first_step + t])`, so the random stream, a
+    resumed run and every replica's draw are the same as with per-step draws.
     """
 
     def __init__(self, support: np.ndarray, n_sample: int, alpha: float):
@@ -41,12 +48,49 @@ class NegativeSampler:
         self.log_count = tf.constant(np.log(support), tf.float32)  # the official code's unnormalised log c
         self.alpha = float(alpha)
         self.n_items = len(support)
+        self._store = None  # (samples [T, n_sample], first_step) while a block is traced
 
-    def draw(self, seed) -> tf.Tensor:
-        """`n_sample` item indices (int32) for the step identified by `seed` ([2] ints)."""
-        u = hash_uniform([self.n_sample, 1], seed, salt=1)[:, 0]  # same numbers on every replica, CPU or XLA
+    def _lookup(self, u) -> tf.Tensor:
         idx = tf.searchsorted(self.cdf, u, side="right", out_type=tf.int32)
         return tf.minimum(idx, self.n_items - 1)
+
+    def draw(self, seed) -> tf.Tensor:
+        """`n_sample` item indices (int32) for the step identified by `seed` ([2] ints: seed, step).
+
+        Inside `block_store`, the row of that step is sliced from the block's store instead."""
+        if self._store is not None:
+            samples, first = self._store
+            return samples[tf.cast(tf.cast(seed[1], tf.int64) - first, tf.int32)]
+        u = hash_uniform([self.n_sample, 1], seed, salt=1)[:, 0]  # same numbers on every replica, CPU or XLA
+        return self._lookup(u)
+
+    def draw_steps(self, seed, first_step, steps: int) -> tf.Tensor:
+        """[steps, n_sample] int32: row t equals `draw([seed, first_step + t])`, drawn in one pass.
+
+        The per-step key of `hash_uniform(..., salt=1)` is computed for all steps as a vector, then
+        one hash of [steps, n_sample] counters and one searchsorted."""
+        seed = tf.cast(seed, tf.int64)
+        step = tf.cast(first_step, tf.int64) + tf.range(steps, dtype=tf.int64)
+        lo = lambda v: tf.cast(tf.bitwise.bitwise_and(v, 0xFFFFFFFF), tf.uint32)  # noqa: E731
+        hi = lambda v: tf.cast(tf.bitwise.right_shift(v, 32), tf.uint32)  # noqa: E731
+        key = _mix32(lo(seed) ^ tf.constant((0x9E3779B9 * 2) & 0xFFFFFFFF, tf.uint32))  # salt 1
+        key = _mix32(key ^ hi(seed))
+        key = _mix32(key[None] ^ lo(step))
+        key = _mix32(key ^ hi(step))[:, None]  # [steps, 1]
+        index = tf.cast(tf.range(self.n_sample), tf.uint32)[None, :]
+        h = _mix32(_mix32(index ^ key) + key)
+        u = tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) * (1.0 / (1 << 24))
+        return tf.reshape(self._lookup(tf.reshape(u, [-1])), [steps, self.n_sample])
+
+    @contextlib.contextmanager
+    def block_store(self, samples, first_step):
+        """While tracing a block: `draw([seed, step])` slices row `step - first_step` of `samples`
+        (from `draw_steps(seed, first_step, T)` with the same seed)."""
+        self._store = (samples, tf.cast(first_step, tf.int64))
+        try:
+            yield
+        finally:
+            self._store = None
 
 
 def sampled_lane_losses(loss: str, model, h, columns, column_valid, label, log_q=None, logq_weight: float = 0.0,

@@ -47,7 +47,7 @@ PREPARED_FILES = ("train.parquet", "valid.parquet", "test.parquet", "items.parqu
 INPUT_KEYS = ("path", "items_path", "valid_path", "test_path")  # data.* keys naming input files
 # train settings that may change between a run and its resumption without invalidating checkpoints
 RESUMABLE_KEYS = ("epochs", "strategy", "jit_compile", "checkpoint_every_steps", "keep_checkpoints", "patience",
-                  "refit")
+                  "refit", "max_steps")
 
 
 class Run:

@@ -136,3 +136,18 @@ def test_full_softmax_scores_every_item():
     cfg = TrainConfig(loss="softmax")
     np.testing.assert_allclose(step_lane_losses(cfg, None, model, h, targets, targets, tf.constant([True, True]), 0,
                                                 tf.constant([0, 0], tf.int64)).numpy(), want, rtol=1e-5)
+
+
+def test_block_store_rows_are_the_per_step_draws():
+    """The training block draws all its steps' samples at once: row t must be exactly step first+t's
+    own draw (same stream, so a resumed run and every replica draw the same), also past 2**32 steps."""
+    sampler = NegativeSampler(np.arange(1, 301) ** 2, n_sample=64, alpha=0.4)
+    seed, first = tf.constant(7 + 7919, tf.int64), tf.constant(2**32 - 3, tf.int64)
+    store = sampler.draw_steps(seed, first, 6)
+    assert store.shape == (6, 64)
+    for t in range(6):
+        np.testing.assert_array_equal(store[t].numpy(), sampler.draw(tf.stack([seed, first + t])).numpy())
+    assert len({tuple(row) for row in store.numpy()}) == 6  # each step its own draw
+    with sampler.block_store(store, first):  # while a block is traced: draw slices the store
+        np.testing.assert_array_equal(sampler.draw(tf.stack([seed, first + 4])).numpy(), store[4].numpy())
+    np.testing.assert_array_equal(sampler.draw(tf.stack([seed, first + 4])).numpy(), store[4].numpy())

@@ -135,3 +135,69 @@ def test_resuming_with_another_config_is_refused(shards, tmp_path):
     changed = config(tmp_path, epochs=1, lr=0.05)
     with pytest.raises(train.SbrjobError, match="different model/train config"):
         train.fit(changed, *args)
+
+
+def test_block_sample_store_trains_exactly_as_per_step_draws(shards, tmp_path, monkeypatch):
+    """The block's one-shot sample store must not change the random stream: same losses, same weights."""
+    cfg = config(tmp_path, loss="bpr-max", bpreg=1.0)
+    stored = train.Trainer(cfg, tf.distribute.get_strategy(), N_ITEMS, np.arange(1, N_ITEMS + 1), 8, 8)
+    want, _ = block_losses(stored, tf.distribute.get_strategy(), str(shards / "train"), blocks=3)
+    import contextlib
+
+    from sbrjob.losses import NegativeSampler
+    monkeypatch.setattr(NegativeSampler, "block_store", lambda self, samples, first: contextlib.nullcontext())
+    per_step = train.Trainer(cfg, tf.distribute.get_strategy(), N_ITEMS, np.arange(1, N_ITEMS + 1), 8, 8)
+    got, _ = block_losses(per_step, tf.distribute.get_strategy(), str(shards / "train"), blocks=3)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(per_step.model.Wy.numpy(), stored.model.Wy.numpy())
+    block = next(iter(distribute_blocks(tf.distribute.get_strategy(), str(shards / "train"))))
+
+    def searchsorted_in_step_loop(trainer):
+        graph = trainer.train_block.get_concrete_function(block, trainer.zero_state(),
+                                                          tf.constant(0, tf.int64)).graph.as_graph_def()
+        return sum(n.op == "UpperBound" for f in graph.library.function if "body" in f.signature.name
+                   for n in f.node_def)
+
+    assert searchsorted_in_step_loop(stored) == 0 and searchsorted_in_step_loop(per_step) == 1  # drawn per block
+
+
+def test_max_steps_caps_training_mid_epoch_and_the_run_counts_as_complete(shards, tmp_path):
+    manifest = json.loads((shards / "train" / "manifest.json").read_text())
+    assert manifest["blocks"] > 2
+    cfg = config(tmp_path, epochs=3, max_steps=10)  # blocks of 8 steps: stops after the 2nd block
+    args = (tf.distribute.get_strategy(), "default", str(shards / "train"), N_ITEMS, np.ones(N_ITEMS))
+    metrics = train.fit(cfg, *args)
+    (epoch,) = metrics["epochs"]
+    assert "max_steps" in epoch["stopped"] and metrics["stopped"] == epoch["stopped"]
+    layout_weight = sum(float(b["weight"].numpy().sum()) for _, b in
+                        zip(range(2), distribute_blocks(tf.distribute.get_strategy(), str(shards / "train"))))
+    assert epoch["train_events"] == layout_weight < manifest["pairs"]
+    last = tf.train.latest_checkpoint(str(tmp_path / "run/checkpoints/last"))
+    assert last.endswith("-16")
+    again = train.fit(cfg, *args)  # complete: nothing more is trained
+    assert again["epochs"] == metrics["epochs"]
+    assert tf.train.latest_checkpoint(str(tmp_path / "run/checkpoints/last")) == last
+
+
+def test_jit_compile_auto_is_off_on_cpu_and_falls_back_when_xla_cannot_compile(shards, tmp_path, monkeypatch,
+                                                                               caplog):
+    assert not tf.config.list_logical_devices("GPU")
+    assert train.jit_choice("auto", True) is False and train.jit_choice(True, True) is True
+    assert train.jit_choice(True, False) is False  # several replicas: no jit_compile
+    plain = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
+    assert plain.jit is False
+    monkeypatch.setattr(train, "jit_choice", lambda setting, single: True)  # as on a GPU
+    auto = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
+    assert auto.jit and auto.optimizer.static_shapes
+    block = auto._block
+
+    def uncompilable(*args):  # a py_function: XLA refuses it, the plain graph runs it
+        tf.py_function(lambda: 0.0, [], tf.float32)
+        return block(*args)
+
+    auto._block = uncompilable
+    want, _ = block_losses(plain, tf.distribute.get_strategy(), str(shards / "train"), blocks=2)
+    with caplog.at_level("WARNING", logger="sbrjob.train"):
+        got, _ = block_losses(auto, tf.distribute.get_strategy(), str(shards / "train"), blocks=2)
+    assert "XLA cannot compile" in caplog.text and not auto.jit and not auto.optimizer.static_shapes
+    np.testing.assert_allclose(got, want, rtol=1e-6)
