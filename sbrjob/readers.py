@@ -386,8 +386,15 @@ def _arrow_read(path: str, layout: Layout, skip: bool,
     except TypeError:  # no compression suffix (pyarrow's own rule for a path)
         codec = None
     with _Counted(path, report) as counted:
-        stream = pa.PythonFile(counted, mode="r")
-        table = _parse(pa.CompressedInputStream(stream, codec.name) if codec else stream, layout, kinds, on_invalid)
+        raw = pa.PythonFile(counted, mode="r")
+        stream = pa.CompressedInputStream(raw, codec.name) if codec else raw
+        try:
+            table = _parse(stream, layout, kinds, on_invalid)
+        finally:
+            # Closed here, on this thread: else pyarrow may close them from its I/O thread after
+            # read_csv returned, taking the GIL while the interpreter exits (abort, "terminate called").
+            stream.close()
+            raw.close()
     return table, bad
 
 

@@ -112,3 +112,31 @@ def test_line_scan_after_a_bad_line_reports_too_and_results_are_unchanged(tmp_pa
     assert len(scanned) >= 2 and scanned[0] < size  # during the scan, not only at its end
     if mode == "skip":
         assert scanned[-1] == size
+
+
+def test_pyarrow_threads_do_not_touch_the_counted_file_after_the_read(ratings, monkeypatch):
+    """Python calls from pyarrow's I/O thread after read_csv returned can come during interpreter
+    exit and abort the process ('terminate called without an active exception', exit 134)."""
+    import threading
+    import time
+
+    from sbrjob import readers
+
+    late, returned = [], threading.Event()
+    close = readers._Counted.close
+
+    def watched_close(self):
+        if returned.is_set():
+            late.append(threading.current_thread().name)
+        close(self)
+
+    monkeypatch.setattr(readers._Counted, "close", watched_close)
+    layout = readers.Layout("::", {"user": "int", "item": "int", "rating": "float", "time": "float"},
+                            names=("user", "item", "rating", "time"))
+    for _ in range(10):
+        returned.clear()
+        table, _ = readers._arrow_read(str(ratings), layout, skip=False, report=lambda done, total: None)
+        returned.set()
+        del table
+        time.sleep(0.05)
+    assert late == []

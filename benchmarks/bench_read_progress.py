@@ -1,0 +1,97 @@
+"""What the reading progress of `prepare` costs: parsing a raw input as the readers do now (a stream
+whose reads are counted and reported to a progress bar) vs the reference, pyarrow reading the path
+itself with the same options (what the readers did before, no progress possible).
+
+The input is SYNTHETIC YOOCHOOSE clicks (benchmarks/gen_yoochoose.py, generated under /tmp when
+missing; --clicks sets the size) plain and gzip'd (`gzip -1`). Each measurement is a fresh process
+(imports excluded), the two variants alternate for --rounds rounds, and the ratio new/reference is
+printed per file as the median of the per-round ratios (a shared machine drifts; pairs cancel it).
+
+    .venv/bin/python benchmarks/bench_read_progress.py                      # 10M clicks, 5 rounds
+    .venv/bin/python benchmarks/bench_read_progress.py --clicks 3000000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_one(variant: str, path: str) -> None:
+    """In the child: parse `path` once and print one JSON line."""
+    from sbrjob import readers
+    from sbrjob.progress import BYTES, Steps
+
+    first = readers._first_line(path)
+    names = ("session", "time", "item", "category")[:len(first.split(","))]
+    layout = readers.Layout(",", {"session": "int", "time": "iso", "item": "int"}, names=names, time="time",
+                            time_unit="iso")
+    reports = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    if variant == "reference":
+        table = readers._parse(path, layout, layout.arrow_kinds(), lambda row: "error")
+    else:
+        with Steps(BYTES) as progress:  # no TTY here: the Bar checks its 30 s interval on each report
+
+            def report(step, done, total):
+                nonlocal reports
+                reports += 1
+                progress(step, done, total)
+
+            table = readers.read_delimited(path, layout, progress=report)[0]
+    t1, c1 = time.perf_counter(), time.process_time()
+    print(json.dumps({"variant": variant, "rows": table.num_rows, "s": t1 - t0, "cpu_s": c1 - c0, "reports": reports}))
+
+
+def measure(variant: str, path: Path) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--one", variant, str(path)], check=True, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clicks", type=int, default=10_000_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        run_one(*args.one)
+        return
+    plain = Path(tempfile.gettempdir()) / f"yoochoose-clicks-synth-{args.clicks}.dat"
+    packed = plain.with_name(plain.name + ".gz")
+    if not plain.exists():
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "gen_yoochoose.py"), str(plain), "--clicks",
+                        str(args.clicks)], check=True)
+    if not packed.exists():
+        with open(plain, "rb") as src, gzip.open(packed, "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    for path in (plain, packed):
+        ratios, rows = [], {}
+        for k in range(args.rounds):
+            order = ("reference", "progress") if k % 2 == 0 else ("progress", "reference")
+            r = {v: measure(v, path) for v in order}
+            rows = {v: r[v]["rows"] for v in r}
+            ratios.append(r["progress"]["s"] / r["reference"]["s"])
+            print(f"  {path.name} round {k + 1}: reference {r['reference']['s']:.2f} s, progress "
+                  f"{r['progress']['s']:.2f} s ({r['progress']['reports']} reports), ratio {ratios[-1]:.3f}")
+        assert rows["reference"] == rows["progress"], rows
+        print(f"{path.name} ({path.stat().st_size / 1e6:,.0f} MB, {rows['reference']:,} rows): progress/reference "
+              f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}) over "
+              f"{args.rounds} rounds")
+
+
+if __name__ == "__main__":
+    main()
