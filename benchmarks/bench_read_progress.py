@@ -5,7 +5,8 @@ itself with the same options (what the readers did before, no progress possible)
 The input is SYNTHETIC YOOCHOOSE clicks (benchmarks/gen_yoochoose.py, generated under /tmp when
 missing; --clicks sets the size) plain and gzip'd (`gzip -1`). Each measurement is a fresh process
 (imports excluded), the two variants alternate for --rounds rounds, and the ratio new/reference is
-printed per file as the median of the per-round ratios (a shared machine drifts; pairs cancel it).
+printed per file as the median of the per-round ratios (a shared machine drifts; pairs cancel it),
+for wall time and for CPU time (user + system, all threads: steadier when others load the machine).
 
     .venv/bin/python benchmarks/bench_read_progress.py                      # 10M clicks, 5 rounds
     .venv/bin/python benchmarks/bench_read_progress.py --clicks 3000000 --rounds 3
@@ -77,20 +78,24 @@ def main() -> None:
     if not packed.exists():
         with open(plain, "rb") as src, gzip.open(packed, "wb", compresslevel=1) as dst:
             shutil.copyfileobj(src, dst, 1 << 24)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     for path in (plain, packed):
-        ratios, rows = [], {}
+        ratios, cpu_ratios, rows = [], [], {}
         for k in range(args.rounds):
             order = ("reference", "progress") if k % 2 == 0 else ("progress", "reference")
             r = {v: measure(v, path) for v in order}
             rows = {v: r[v]["rows"] for v in r}
             ratios.append(r["progress"]["s"] / r["reference"]["s"])
-            print(f"  {path.name} round {k + 1}: reference {r['reference']['s']:.2f} s, progress "
-                  f"{r['progress']['s']:.2f} s ({r['progress']['reports']} reports), ratio {ratios[-1]:.3f}")
+            cpu_ratios.append(r["progress"]["cpu_s"] / r["reference"]["cpu_s"])
+            print(f"  {path.name} round {k + 1}: reference {r['reference']['s']:.2f} s ({r['reference']['cpu_s']:.2f} s "
+                  f"CPU), progress {r['progress']['s']:.2f} s ({r['progress']['cpu_s']:.2f} s CPU, "
+                  f"{r['progress']['reports']} reports), ratio {ratios[-1]:.3f} wall, {cpu_ratios[-1]:.3f} CPU",
+                  flush=True)
         assert rows["reference"] == rows["progress"], rows
         print(f"{path.name} ({path.stat().st_size / 1e6:,.0f} MB, {rows['reference']:,} rows): progress/reference "
-              f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}) over "
-              f"{args.rounds} rounds")
+              f"median {statistics.median(ratios):.3f} wall (min {min(ratios):.3f}, max {max(ratios):.3f}), "
+              f"{statistics.median(cpu_ratios):.3f} CPU (min {min(cpu_ratios):.3f}, max {max(cpu_ratios):.3f}) over "
+              f"{args.rounds} rounds, load average {os.getloadavg()[0]:.1f} at the end", flush=True)
 
 
 if __name__ == "__main__":

@@ -355,6 +355,17 @@ class _Counted(io.RawIOBase):
         self._advance(len(data or b""))
         return data
 
+    def read_buffer(self, size: int) -> pa.Buffer:
+        """What pyarrow calls instead of `read` when present: the block lands in Arrow's memory pool,
+        which reuses its pages, not in a fresh bytes object per block (page faults: 3x the CPU time
+        of pyarrow's own reads of a plain file)."""
+        buf = pa.allocate_buffer(max(size, 0), resizable=True)
+        with memoryview(buf) as view:
+            n = self._fh.readinto(view) or 0
+        buf.resize(n)
+        self._advance(n)
+        return buf
+
     def _advance(self, n: int) -> None:
         self.done += n
         if self._report is not None:
