@@ -92,15 +92,17 @@ class Steps:
         if self.closed:  # a late report from a reader thread after the step ended
             return
         if self.bar is None or self.bar.label != step:
-            self.close()
-            self.closed = False
+            self._end_bar()
             self.bar = Bar(step, total, self.unit, redraw=self.redraw)
         self.bar.update(done)
 
-    def close(self) -> None:
+    def _end_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def close(self) -> None:
+        self._end_bar()
         self.closed = True
 
     def __enter__(self) -> Steps:
