@@ -6,6 +6,7 @@ import io
 import logging
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from sbrjob.config import DataConfig
 from sbrjob.progress import BYTES, Bar, Steps
 from sbrjob.readers import read_events
 
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "movielens.yaml"  # this checkout's, not an install's
 N_LINES = 150_000  # > 2 x 64Ki lines (the line scan's report period); ~0.5 MB gzip = several 64 KiB blocks
 
 
@@ -44,7 +46,7 @@ PLAIN = re.compile(r"read ratings\.dat\.gz: [\d.]+/[\d.]+ MB \((\d+)%\)(, ETA \d
 
 def test_non_tty_prepare_prints_plain_reading_lines_with_eta(ratings, tmp_path, monkeypatch):
     monkeypatch.setenv("SBRJOB_PROGRESS_INTERVAL", "0")  # a line per report instead of one per 30 s
-    result = cli("prepare", "--config", "movielens", "--set", f"data.path={ratings}", "--set", "data.items_path=null",
+    result = cli("prepare", "--config", CONFIG, "--set", f"data.path={ratings}", "--set", "data.items_path=null",
                  "--set", f"output_dir={tmp_path / 'run'}")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
