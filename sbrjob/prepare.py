@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from sbrjob import storage
 from sbrjob.config import JobConfig, save_config
 from sbrjob.errors import SbrjobError
+from sbrjob.progress import BYTES, Steps
 from sbrjob.readers import Events, read_events, read_items
 from sbrjob.runs import PREPARED_FILES, SPLITS, data_manifest, input_identity
 from sbrjob.shards import file_sha256
@@ -332,7 +333,8 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict, info: dict) -> dict
         if split != "train" and not path:
             continue
         t_read = clock.perf_counter()
-        ev = read_events(cfg.data, path)
+        with Steps(BYTES) as progress:  # a bar (TTY) or a line every 30 s while the file is parsed
+            ev = read_events(cfg.data, path, progress)
         logger.info("prepare: read %s events from %s in %.1f s", f"{len(ev):,}", ", ".join(ev.sources),
                  clock.perf_counter() - t_read)
         inputs["files"] += ev.sources
