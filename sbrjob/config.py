@@ -499,12 +499,24 @@ def parse_config(raw: dict, where: str = "<config>") -> JobConfig:
     return cfg
 
 
-# Keys whose default changed: a run's config.yaml written before them trained with these values,
-# so reading it must not silently take the new default (the run would change behaviour on resume).
-LEGACY_DEFAULTS = {
+# Keys added after runs existed, each with the value that behaves as before it: a run's config.yaml
+# written earlier is read with that value (a new default never changes a run on resume), and the
+# fingerprints leave a key out at that value (so an upgrade does not make every run stale).
+ADDED_KEYS = {
     ("model", "carry_dropout"): False,
     ("train", "logq_form"): "normalized",
+    ("split", "drop_test"): False,
+    ("split", "merge_valid"): False,
 }
+
+
+def fingerprint_dict(cfg: JobConfig) -> dict[str, Any]:
+    """`cfg.to_dict()` without the ADDED_KEYS that hold their before-the-key value."""
+    raw = cfg.to_dict()
+    for (section, key), value in ADDED_KEYS.items():
+        if raw[section].get(key) == value:
+            del raw[section][key]
+    return raw
 
 
 def load_run_config(path: str) -> JobConfig:
@@ -513,7 +525,7 @@ def load_run_config(path: str) -> JobConfig:
     raw = parse_yaml(text, where) or {}
     if not isinstance(raw, dict):
         raise SbrjobError(f"{where}: expected a mapping of sections at the top level")
-    for (section, key), value in LEGACY_DEFAULTS.items():
+    for (section, key), value in ADDED_KEYS.items():
         if isinstance(raw.get(section), dict) and key not in raw[section]:
             raw[section][key] = value
     return parse_config(raw, where)

@@ -36,7 +36,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from sbrjob import shards, storage
-from sbrjob.config import JobConfig, join, load_run_config
+from sbrjob.config import JobConfig, fingerprint_dict, join, load_run_config
 from sbrjob.errors import SbrjobError
 
 log = logging.getLogger("sbrjob.runs")
@@ -203,21 +203,22 @@ def _section_hash(obj) -> str:
 
 def data_fingerprint(cfg: JobConfig) -> str:
     """What the prepared data depends on in the config (inputs count by content, not by path)."""
-    raw = cfg.to_dict()
+    raw = fingerprint_dict(cfg)
     data = {k: v for k, v in raw["data"].items() if k not in INPUT_KEYS}
     return _section_hash({"data": data, **{s: raw[s] for s in ("sessions", "filter", "split")}})
 
 
 def export_fingerprint(cfg: JobConfig) -> str:
     """What the shards depend on besides the data: the export section (and the seed when it shuffles)."""
-    raw = cfg.to_dict()
+    raw = fingerprint_dict(cfg)
     return _section_hash({"export": raw["export"], **({"seed": cfg.seed} if cfg.export.shuffle_sessions else {})})
 
 
 def run_fingerprint(cfg: JobConfig, train_manifest: dict) -> str:
     """What a checkpoint depends on: model, the train settings that change the math, seed and the shards."""
-    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in RESUMABLE_KEYS}
-    return _section_hash({"model": cfg.to_dict()["model"], "train": train, "seed": cfg.seed,
+    raw = fingerprint_dict(cfg)
+    train = {k: v for k, v in raw["train"].items() if k not in RESUMABLE_KEYS}
+    return _section_hash({"model": raw["model"], "train": train, "seed": cfg.seed,
                           "data": train_manifest.get("data_digest"), "export": train_manifest.get("export_fingerprint")})
 
 

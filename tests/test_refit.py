@@ -113,3 +113,22 @@ def test_drop_test_scores_on_the_valid_period_and_carves_a_new_valid_before_it(s
     merged = assign_splits(log, cfg.split)
     np.testing.assert_array_equal(merged == 2, shifted == 2)
     np.testing.assert_array_equal(merged == 0, (shifted == 0) | (shifted == 1))
+
+
+def test_an_upgrade_leaves_runs_current_added_keys_count_only_off_their_old_value():
+    from sbrjob import runs
+    from sbrjob.config import ADDED_KEYS
+
+    cfg = load_config("tiny", ["train.logq_form=normalized", "model.carry_dropout=false"])
+    raw = cfg.to_dict()
+    for section, key in ADDED_KEYS:  # the config as sbrjob saw it before these keys existed
+        raw[section].pop(key, None)
+    before = runs._section_hash({"data": {k: v for k, v in raw["data"].items() if k not in runs.INPUT_KEYS},
+                                 **{s: raw[s] for s in ("sessions", "filter", "split")}})
+    assert runs.data_fingerprint(cfg) == before
+    manifest = {"data_digest": "d", "export_fingerprint": "e"}
+    train = {k: v for k, v in raw["train"].items() if k not in runs.RESUMABLE_KEYS}
+    assert runs.run_fingerprint(cfg, manifest) == runs._section_hash(
+        {"model": raw["model"], "train": train, "seed": cfg.seed, "data": "d", "export": "e"})
+    assert runs.data_fingerprint(load_config("tiny", ["split.drop_test=true"])) != before
+    assert runs.run_fingerprint(load_config("tiny"), manifest) != runs.run_fingerprint(cfg, manifest)
