@@ -45,6 +45,7 @@ SPLITS = ("train", "valid", "test")
 DATA_FORMAT_VERSION = 2  # 2: inputs by content, sha256 per file, manifest digest
 PREPARED_FILES = ("train.parquet", "valid.parquet", "test.parquet", "items.parquet")
 INPUT_KEYS = ("path", "items_path", "valid_path", "test_path")  # data.* keys naming input files
+WINDOW_KEYS = ("since", "until")  # data.* keys bounding the events in time
 # train settings that may change between a run and its resumption without invalidating checkpoints
 RESUMABLE_KEYS = ("epochs", "strategy", "jit_compile", "checkpoint_every_steps", "keep_checkpoints", "patience")
 
@@ -202,7 +203,8 @@ def _section_hash(obj) -> str:
 def data_fingerprint(cfg: JobConfig) -> str:
     """What the prepared data depends on in the config (inputs count by content, not by path)."""
     raw = cfg.to_dict()
-    data = {k: v for k, v in raw["data"].items() if k not in INPUT_KEYS}
+    # unset time bounds are left out: runs prepared before data.since/until existed stay current
+    data = {k: v for k, v in raw["data"].items() if k not in INPUT_KEYS and not (k in WINDOW_KEYS and v is None)}
     return _section_hash({"data": data, **{s: raw[s] for s in ("sessions", "filter", "split")}})
 
 
@@ -612,6 +614,9 @@ class MetricsRecord:
             "replicas": replicas,
             "train_shards": {k: manifest.get(k) for k in ("lanes", "block_steps", "blocks", "steps", "pairs", "padding")},
         }
+        init = read_init_record(Run(cfg.output_dir))
+        if init is not None:  # a warm start (warmstart.py): where the first weights came from
+            self.static["init_from"] = init
 
     def build(self, history: list[dict], test: Optional[dict] = None, done: bool = False) -> dict:
         out = dict(self.static)
@@ -627,6 +632,20 @@ class MetricsRecord:
         out = self.build(history, test, done)
         storage.write_text(self.path, json.dumps(out, indent=2, default=float) + "\n")
         return out
+
+
+INIT_RECORD = "init_from.json"  # a warm-started run: the source run, checkpoint, fingerprint, item counts
+
+
+def read_init_record(run: Run) -> Optional[dict]:
+    """Where a warm-started run's first weights came from (None for a run trained from scratch)."""
+    path = join(run.dir, INIT_RECORD)
+    try:
+        return json.loads(storage.read_text(path))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SbrjobError(f"{path}: not valid JSON; re-run `sbrjob train --fresh` on this run") from None
 
 
 def is_complete(metrics: Optional[dict], cfg: JobConfig) -> bool:
