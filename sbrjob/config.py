@@ -332,8 +332,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
-        if isinstance(value, (datetime.date, datetime.datetime)):  # YAML reads 2014-09-29 as a date
-            return value.isoformat()
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError(f"{key}: expected a string, got {value!r}")
         return str(value)
@@ -418,6 +416,11 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# dates stay text (data.until: 2014-09-29 is checked by the config, not turned into a date, or a
+# traceback for 2014-13-01, by YAML); a copy, so yaml.SafeLoader itself is untouched
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
