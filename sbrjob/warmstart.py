@@ -115,12 +115,12 @@ def check_shapes(source_model, model) -> None:
             raise SbrjobError(f"--init-from: the source model has {'no' if name not in src else 'a'} variable {name} "
                               f"and this one {'has' if name in dst else 'has not'} (model.input "
                               f"{source_model.input_mode!r} -> {model.input_mode!r}, model.layers "
-                              f"{source_model.sizes} -> {model.sizes}); a warm start needs the same architecture")
+                              f"{list(source_model.sizes)} -> {list(model.sizes)}); a warm start needs the same architecture")
         a, b = tuple(src[name].shape), tuple(dst[name].shape)
         same = a[1:] == b[1:] if name in rows else a == b
         if not same:
             raise SbrjobError(f"--init-from: cannot carry {name}: source shape {list(a)}, this run {list(b)} "
-                              f"(model.layers {source_model.sizes} -> {model.sizes}, model.embedding_dim "
+                              f"(model.layers {list(source_model.sizes)} -> {list(model.sizes)}, model.embedding_dim "
                               f"{source_model.cfg.embedding_dim} -> {model.cfg.embedding_dim}); use the source's "
                               "model settings or train cold")
 
