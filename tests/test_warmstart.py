@@ -23,7 +23,7 @@ from tests.conftest import cli
 
 REPO = Path(__file__).resolve().parents[1]
 DAY0 = pd.Timestamp("2020-01-01", tz="UTC").timestamp()
-SOURCE_WINDOW = ["data.until=2020-01-06"]  # days 0-5: items 100..139
+SOURCE_WINDOW = ["data.until=2020-01-06", "train.epochs=1"]  # days 0-5: items 100..139
 TARGET_WINDOW = ["data.since=2020-01-04", "data.until=2020-01-10"]  # days 3-9: items 106..147
 
 
@@ -212,3 +212,22 @@ def test_vocabulary_map_counts():
     new_rows, src_rows, counts = warmstart.vocabulary_map(np.array(["a", "b", "c"]), np.array(["c", "d", "a"]))
     assert new_rows.tolist() == [0, 2] and src_rows.tolist() == [2, 0]
     assert counts == {"kept": 2, "new": 1, "dropped": 1}
+
+
+def test_a_source_run_on_gcs_gives_the_same_warm_start(source, warm, gcs):
+    """--init-from gs://...: the source's config, vocabulary and checkpoint read through storage.py."""
+    from sbrjob import storage
+    from sbrjob.optim import make_optimizer
+
+    _, _, src = source
+    cfg, _, seen = warm
+    storage.sync_dir(src, f"{gcs}/source")
+    remote = warmstart.open_source(f"{gcs}/source", "best")
+    local = warmstart.open_source(str(src), "best")
+    assert remote.item_ids.tolist() == local.item_ids.tolist() and remote.fingerprint == local.fingerprint
+    new_ids = Prepared.open(str(Path(cfg.output_dir) / "data")).load_items()["item_id"].astype(str).to_numpy()
+    want = seen["Wy"].copy()  # what the local warm start gave (before the spy sees this call too)
+    model = GRU4Rec(cfg.model, len(new_ids), seed=cfg.seed)
+    record = warmstart.apply(model, make_optimizer(cfg.train, model.trainable_variables), remote, new_ids)
+    assert record["run"] == f"{gcs}/source"
+    np.testing.assert_array_equal(model.Wy.numpy(), want)
