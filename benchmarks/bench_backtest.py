@@ -8,7 +8,7 @@ Each run is trained one epoch at a time (raising train.epochs continues a run, a
 with the test evaluation on the best-by-validation weights), so the test MRR@20 after 1..E epochs
 comes from the same run. The question: does a warm window reach the cold model's final test MRR@20
 (within 2 %) in <= 40 % of the cold run's epochs? Prints one line per run and epoch, then a
-markdown table; writes benchmarks/results/backtest.{json,png}.
+markdown table; writes benchmarks/results/backtest.{json,png} (`--results NAME`).
 
     .venv/bin/python benchmarks/bench_backtest.py --datasets yoochoose movielens --windows 3
 """
@@ -51,6 +51,7 @@ def main() -> None:
                     help="warm starts to run: keep (carry the optimizer state) and/or reset (--reset-optimizer)")
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
     ap.add_argument("--out", default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--results", default="backtest", help="results file name: benchmarks/results/NAME.{json,png}")
     args = ap.parse_args()
 
     from sbrjob.backtest import window_config, window_days
@@ -123,8 +124,8 @@ def main() -> None:
         results["datasets"][name] = rows
 
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "backtest.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "backtest.png").write_bytes(plot(results))
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.results}.png").write_bytes(plot(results))
     print(markdown(results))
 
 
@@ -161,7 +162,7 @@ def plot(results: dict) -> bytes:
     from matplotlib.figure import Figure
 
     names = list(results["datasets"])
-    fig = Figure(figsize=(5.5 * len(names), 4))
+    fig = Figure(figsize=(max(8.0, 5.5 * len(names)), 4.4))
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     styles = {"keep": "s--", "reset": "^:"}
     for ax, name in zip(axes, names):
@@ -183,7 +184,7 @@ def plot(results: dict) -> bytes:
         ax.set_title(f"{name}: cold vs warm start per window")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("faint dotted: 98 % of the cold run's final MRR@20; grey: 40 % of the cold epochs")
+    fig.suptitle("faint dotted: 98 % of the cold run's final MRR@20; grey: 40 % of the cold epochs", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
