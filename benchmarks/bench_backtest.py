@@ -27,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # this checkout's configs, not an installed copy
 
 # the window settings per dataset: the shipped config plus what makes a day-by-day backtest of it
 DATASETS = {
@@ -97,7 +98,7 @@ def main() -> None:
 
     for name in args.datasets:
         spec = DATASETS[name]
-        base = load_config(spec["config"], [f"output_dir={root / name}"] + spec["set"] + args.set)
+        base = load_config(str(CONFIGS / f"{spec['config']}.yaml"), [f"output_dir={root / name}"] + spec["set"] + args.set)
         days = window_days(dt.date.fromisoformat(spec["end"]), args.windows, args.step_days)
         rows, previous = [], {v: None for v in args.variants}
         print(f"{name}: windows until {', '.join(d.isoformat() for d in days)}", flush=True)
