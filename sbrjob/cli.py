@@ -180,6 +180,9 @@ def train(
     fresh: FreshOpt = False,
     break_lock: BreakLockOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the best epoch and test metrics as JSON instead of a summary.")] = False,
+    init_from: Annotated[Optional[str], typer.Option("--init-from", metavar="RUN", help="Warm start: begin this NEW run from the weights of the trained run RUN (local or gs://), carried to this run's vocabulary by item id (new items freshly initialised, vanished ones dropped). A run that has checkpoints resumes from them.")] = None,
+    init_checkpoint: Annotated[Literal["best", "last"], typer.Option("--init-checkpoint", help="With --init-from: RUN's best or last checkpoint.")] = "best",
+    reset_optimizer: Annotated[bool, typer.Option("--reset-optimizer", help="With --init-from: start the optimizer state (Adagrad accumulators, momentum, Adam moments) from zero instead of carrying RUN's.")] = False,
 ) -> None:
     """Train GRU4Rec under tf.distribute; resumes from the last checkpoint; writes checkpoints and metrics.json.
 
@@ -187,15 +190,24 @@ def train(
     raw data to a model. Once a run has checkpoints it is bound to its config and to the content of
     its inputs: a change that would alter its data, shards or model is refused with the keys that
     differ (--fresh starts it anew and moves the old run to OUTPUT_DIR/attic/). Re-running a
-    finished run does nothing and says so; raising train.epochs continues it. Example:
+    finished run does nothing and says so; raising train.epochs continues it. With train.refit the
+    final model is then trained on train + valid in OUTPUT_DIR/refit.
+
+    With --init-from RUN a new run starts from RUN's weights (the nightly pattern: yesterday's run,
+    today's data via --set data.until=DAY); metrics.json records the source, its fingerprint and the
+    items kept, new and dropped. Examples:
 
     \b
       sbrjob train --config movielens --set data.path=data/ml-1m/ratings.dat --set train.epochs=10
+      sbrjob train --config yoochoose --set data.until=2014-04-07 --set output_dir=runs/d0407 --init-from runs/d0406
     """
     from sbrjob.stages import train_stage
 
+    if init_from is None and (init_checkpoint != "best" or reset_optimizer):
+        raise SbrjobError("--init-checkpoint and --reset-optimizer go with --init-from RUN")
     cfg = _load(config, set_)
-    metrics, complete = train_stage(cfg, reexport=reexport, fresh=fresh, break_lock=break_lock)
+    metrics, complete = train_stage(cfg, reexport=reexport, fresh=fresh, break_lock=break_lock, init_from=init_from,
+                                    init_checkpoint=init_checkpoint, reset_optimizer=reset_optimizer)
     if complete:
         test = metrics.get("test") or {}
         score = f"test {cfg.eval.metric.upper()} {test[cfg.eval.metric]:.4f}" if cfg.eval.metric in test else "no test metrics"
@@ -233,6 +245,47 @@ def _train_summary(cfg, metrics: dict) -> str:
     lines.append(f"next: sbrjob evaluate --run {run}  |  sbrjob recommend --run {run} --items ID,ID  |  "
                  f"sbrjob export-model --run {run}")
     return "\n".join(lines)
+
+
+@app.command()
+def backtest(
+    config: ConfigOpt,
+    set_: SetOpt = None,
+    windows: Annotated[int, typer.Option(metavar="N", help="Number of windows (runs).")] = 3,
+    step_days: Annotated[int, typer.Option(metavar="D", help="Days between the ends of consecutive windows.")] = 1,
+    until: Annotated[Optional[str], typer.Option(metavar="DATE", help="The last window's day (ISO date, UTC); default data.until, else the day of the newest event.")] = None,
+    warm: Annotated[bool, typer.Option("--warm", help="Warm-start each window from the previous window's run (the first one trains cold).")] = False,
+    init_checkpoint: Annotated[Literal["best", "last"], typer.Option("--init-checkpoint", help="With --warm: the previous window's best or last checkpoint.")] = "best",
+    reset_optimizer: Annotated[bool, typer.Option("--reset-optimizer", help="With --warm: start each window's optimizer state from zero.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print backtest.json instead of the table.")] = False,
+) -> None:
+    """Time-sliding evaluation: train and test one run per window of time, cold or warm-started from the previous window.
+
+    Window i trains on the data up to the end of its day (data.until) and tests on the config's
+    split of it (split.scheme days, test_days 1: the last day). Each window is a run directory of
+    its own, OUTPUT_DIR/backtest/{cold,warm}/wNN_<day>/, reused when complete (an interrupted
+    backtest resumes). Writes backtest.json, backtest.md (the table: Recall@K and MRR@K per window
+    and the mean, training time, epochs) and backtest.png next to them; prints the table. Example:
+
+    \b
+      sbrjob backtest --config yoochoose --windows 3 --step-days 1 --warm
+    """
+    from sbrjob.backtest import backtest as run_backtest, table
+
+    cfg = _load(config, set_)
+    k = cfg.eval.metric.partition("@")[2]
+
+    def line(row):
+        typer.echo(f"window {row['window']} until {row['until']} ({row['start']}): test recall@{k} "
+                   f"{row[f'recall@{k}'] or 0:.4f} mrr@{k} {row[f'mrr@{k}'] or 0:.4f}, {row['epochs']} epochs, "
+                   f"{row['train_seconds']:.1f} s", err=True)
+
+    result = run_backtest(cfg, windows, step_days, warm=warm, end=until, init_checkpoint=init_checkpoint,
+                          reset_optimizer=reset_optimizer, on_window=line)
+    if as_json:
+        _print_json(result)
+    else:
+        typer.echo(table(result) + f"\n{result['output_dir']}: backtest.json, backtest.md, backtest.png")
 
 
 @app.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import datetime
 import difflib
 import hashlib
 import json
@@ -44,6 +45,13 @@ class DataConfig:
     # text encoding of delimited inputs (any Python codec name: utf-8, latin-1, cp1252...); bytes
     # that are not valid in it are reported with their line. movies.dat is always read as Latin-1.
     encoding: str = "utf-8"
+    # a window of time, UTC, applied to the events as they are read (before sessions are built), so
+    # a job sees what a job run at that moment would have seen: `since` keeps events at or after it,
+    # `until` keeps events before it. A bare date (2014-09-29) means that whole day: since from its
+    # 00:00, until through its 23:59:59 (the daily pattern: --set data.until=2014-09-29); a time
+    # (2014-09-29T12:00:00, or with Z / +00:00) is the exact instant. null = no bound.
+    since: str | None = None
+    until: str | None = None
 
 
 @dataclass
@@ -243,6 +251,33 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ValueError(f"{key}: {msg}")
 
 
+def _window_bound(text: str | None, key: str, end: bool) -> float | None:
+    """data.since / data.until as epoch seconds (UTC): a bare date is its day's start (since) or the
+    next day's start (until: the whole day is kept); a time with no zone is UTC. ValueError('key: why')."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    utc = datetime.timezone.utc
+    try:
+        if len(text) == 10:
+            day = datetime.date.fromisoformat(text)
+            at = datetime.datetime(day.year, day.month, day.day, tzinfo=utc) + datetime.timedelta(days=int(end))
+        else:
+            at = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            at = at.replace(tzinfo=utc) if at.tzinfo is None else at
+    except ValueError:
+        raise ValueError(f"{key}: {text!r} is not an ISO date or time; write e.g. 2014-09-29 or "
+                         "2014-09-29T12:00:00Z (UTC)") from None
+    _check(1970 <= at.year <= 2099, key, f"{text!r} is outside 1970..2099")
+    return at.timestamp()
+
+
+def window_bounds(data_cfg) -> tuple[float | None, float | None]:
+    """(since, until) of `data` as epoch seconds UTC: keep events with since <= time < until."""
+    return (_window_bound(data_cfg.since, "data.since", end=False),
+            _window_bound(data_cfg.until, "data.until", end=True))
+
+
 def validate(cfg: JobConfig) -> None:
     """Range and consistency checks that types alone cannot express. Raises ValueError('key: why')."""
     d, f, s, e, m, t, ev = cfg.data, cfg.filter, cfg.split, cfg.export, cfg.model, cfg.train, cfg.eval
@@ -271,6 +306,9 @@ def validate(cfg: JobConfig) -> None:
                f"re-split and data.{key} ignored); set split.scheme: given, or remove data.{key}")
     _check(d.time_unit != "iso" or d.format == "table", "data.time_unit",
            "'iso' is only for data.format table (yoochoose times are always ISO-8601); use s, ms, us or ns")
+    bounds = {k: _window_bound(getattr(d, k), f"data.{k}", end=k == "until") for k in ("since", "until")}
+    _check(None in bounds.values() or bounds["since"] < bounds["until"], "data.until",
+           f"must be after data.since ({d.since} .. {d.until} keeps nothing)")
     _check(abs(d.time_offset) < 100 * 365.25 * 86400, "data.time_offset", "must be seconds within +-100 years")
     try:
         codecs.lookup(d.encoding)
@@ -448,6 +486,11 @@ def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, d
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# dates stay text (data.until: 2014-09-29 is checked by the config, not turned into a date, or a
+# traceback for 2014-13-01, by YAML); a copy, so yaml.SafeLoader itself is untouched
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -503,6 +546,8 @@ def parse_config(raw: dict, where: str = "<config>") -> JobConfig:
 # written earlier is read with that value (a new default never changes a run on resume), and the
 # fingerprints leave a key out at that value (so an upgrade does not make every run stale).
 ADDED_KEYS = {
+    ("data", "since"): None,
+    ("data", "until"): None,
     ("model", "carry_dropout"): False,
     ("train", "logq_form"): "normalized",
     ("split", "drop_test"): False,

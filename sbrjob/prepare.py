@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sbrjob import storage
-from sbrjob.config import JobConfig, save_config
+from sbrjob.config import JobConfig, save_config, window_bounds
 from sbrjob.errors import SbrjobError
 from sbrjob.progress import BYTES, Steps
 from sbrjob.readers import Events, read_events, read_items
@@ -322,6 +322,33 @@ def to_vocabulary(log: Log, vocab: pd.Index) -> tuple[Log, np.ndarray]:
 # ---------------------------------------------------------------- the stage
 
 
+def _within_window(ev: Events, data_cfg, removed: dict) -> Events:
+    """The events with data.since <= time < data.until (UTC), cut before sessions are built: a
+    session that runs past `until` is seen as far as a job run at that instant would have seen it."""
+    since, until = window_bounds(data_cfg)
+    if since is None and until is None:
+        return ev
+    keep = np.ones(len(ev), dtype=bool)
+    if since is not None:
+        keep &= ev.time >= since
+    if until is not None:
+        keep &= ev.time < until
+    if keep.all():
+        return ev
+    before = (len(pd.unique(ev.key)), len(pd.unique(ev.item)))
+    out = dataclasses.replace(ev, key=ev.key[keep], item=ev.item[keep], time=ev.time[keep],
+                              rating=None if ev.rating is None else ev.rating[keep])
+    _add(removed.setdefault("since_until", {}),
+         {"events": int((~keep).sum()), "sessions": before[0] - len(pd.unique(out.key)),
+          "items": before[1] - len(pd.unique(out.item))})
+    if not len(out):
+        source = ev.sources[0] if ev.sources else "the input"
+        span = (f"{_iso(float(ev.time.min()))} .. {_iso(float(ev.time.max()))}" if len(ev) else "no events")
+        raise SbrjobError(f"data.since={data_cfg.since} / data.until={data_cfg.until}: no event of {source} "
+                          f"falls in that window (its events span {span}); move the window")
+    return out
+
+
 def _split_logs(cfg: JobConfig, removed: dict, inputs: dict, info: dict) -> dict[str, Log]:
     """Read, sessionize, clean and split; returns one Log per split (items still as input codes)."""
     scfg = cfg.sessions
@@ -341,6 +368,7 @@ def _split_logs(cfg: JobConfig, removed: dict, inputs: dict, info: dict) -> dict
         inputs["rows"] += len(ev)
         inputs["bad_lines"] += ev.bad_lines
         inputs["keyed_by"] = ev.keyed_by
+        ev = _within_window(ev, cfg.data, removed)
         if scfg.min_rating is not None:
             if ev.rating is None:
                 raise SbrjobError(f"sessions.min_rating: {ev.sources[0]} has no ratings; set it to null")

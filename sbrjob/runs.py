@@ -615,6 +615,9 @@ class MetricsRecord:
             "replicas": replicas,
             "train_shards": {k: manifest.get(k) for k in ("lanes", "block_steps", "blocks", "steps", "pairs", "padding")},
         }
+        init = read_init_record(Run(cfg.output_dir))
+        if init is not None:  # a warm start (warmstart.py): where the first weights came from
+            self.static["init_from"] = init
 
     def build(self, history: list[dict], test: Optional[dict] = None, done: bool = False) -> dict:
         out = dict(self.static)
@@ -630,6 +633,20 @@ class MetricsRecord:
         out = self.build(history, test, done)
         storage.write_text(self.path, json.dumps(out, indent=2, default=float) + "\n")
         return out
+
+
+INIT_RECORD = "init_from.json"  # a warm-started run: the source run, checkpoint, fingerprint, item counts
+
+
+def read_init_record(run: Run) -> Optional[dict]:
+    """Where a warm-started run's first weights came from (None for a run trained from scratch)."""
+    path = join(run.dir, INIT_RECORD)
+    try:
+        return json.loads(storage.read_text(path))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SbrjobError(f"{path}: not valid JSON; re-run `sbrjob train --fresh` on this run") from None
 
 
 def is_complete(metrics: Optional[dict], cfg: JobConfig) -> bool:

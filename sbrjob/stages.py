@@ -14,6 +14,7 @@ import copy
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Optional
 
 from sbrjob import runs, storage
@@ -207,16 +208,67 @@ def refit_config(cfg: JobConfig, epochs: int) -> JobConfig:
     return out
 
 
+def _source_path(path: str) -> str:
+    return Run(path).dir if storage.is_remote(path) else str(Path(path).resolve())
+
+
+def _check_start(run: Run, init_from: Optional[str], which: str, reset_optimizer: bool) -> Optional[dict]:
+    """A run with checkpoints resumes from them: an --init-from that differs from how it started is
+    refused (leaving it out resumes as started). Returns the run's warm-start record, if any."""
+    recorded = runs.read_init_record(run)
+    if init_from is None:
+        return recorded
+    want = {"run": _source_path(init_from), "checkpoint": which, "reset_optimizer": reset_optimizer}
+    if recorded is None:
+        raise SbrjobError(f"{run.dir} holds a run trained from scratch; --init-from {init_from} cannot change how "
+                          "it started: use another output_dir, or --fresh to start it anew (moved to attic/)")
+    had = {k: recorded.get(k) for k in want}
+    if had != want:
+        diff = "; ".join(f"{k}: {had[k]!r} -> {want[k]!r}" for k in want if had[k] != want[k])
+        raise SbrjobError(f"{run.dir} was warm-started otherwise ({diff}); it resumes from its own checkpoints: "
+                          "drop --init-from or repeat the original one, use another output_dir, or --fresh")
+    return recorded
+
+
+def _warm_start(run: Run, cfg: JobConfig, data: Prepared, init_from: str, which: str, reset_optimizer: bool,
+                chief: bool):
+    """(the `fit(init_from=)` callable, the source) for a new run, its shapes checked before anything trains."""
+    from sbrjob import warmstart
+    from sbrjob.model import GRU4Rec
+
+    if _source_path(init_from) == _source_path(run.dir):
+        raise SbrjobError(f"--init-from {init_from}: that is this run's own output_dir; name the run to start from")
+    source = warmstart.open_source(init_from, which)
+    item_ids = data.load_items()["item_id"].astype(str).to_numpy()
+    warmstart.check_shapes(GRU4Rec(source.cfg.model, len(source.item_ids)), GRU4Rec(cfg.model, len(item_ids)))
+    source.dir = _source_path(init_from)
+
+    def init(model, optimizer):
+        record = warmstart.apply(model, optimizer, source, item_ids, reset_optimizer=reset_optimizer)
+        record["reset_optimizer"] = reset_optimizer
+        if chief:  # before the first checkpoint: a resumed run finds how it started
+            storage.write_text(join(run.dir, runs.INIT_RECORD), json.dumps(record, indent=2) + "\n")
+        return record
+
+    return init
+
+
 def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, on_epoch_end=None,
-                break_lock: bool = False) -> tuple[dict, bool]:
+                break_lock: bool = False, init_from: Optional[str] = None, init_checkpoint: str = "best",
+                reset_optimizer: bool = False) -> tuple[dict, bool]:
     """`sbrjob train`: (metrics.json's content, True when the run was already complete and nothing ran).
 
     `on_epoch_end` hooks (tune's pruning) run after `train.patience`'s early stopping. With
     `train.refit`, a finished run is followed by its refit run (R/refit, a run directory of its
-    own), whose summary goes into R/metrics.json under `refit`.
+    own), whose summary goes into R/metrics.json under `refit`. `init_from`
+    (a trained run's output_dir) warm-starts a NEW run from its `init_checkpoint` (best or last)
+    weights, carried across the changed vocabulary by item id (`warmstart.py`); with
+    `reset_optimizer` the optimizer state starts from zero. A run that has checkpoints resumes from
+    them; an `init_from` other than the one it started with is refused.
     """
     metrics, complete = _train_run(cfg, reexport=reexport, fresh=fresh, on_epoch_end=on_epoch_end,
-                                   break_lock=break_lock)
+                                   break_lock=break_lock, init_from=init_from, init_checkpoint=init_checkpoint,
+                                   reset_optimizer=reset_optimizer)
     if not cfg.train.refit or (metrics.get("refit") or {}).get("status") == "done":
         return metrics, complete
     if cfg.split.scheme == "given":
@@ -224,6 +276,7 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
         return metrics, complete
     refit = refit_config(cfg, int(metrics["best_epoch"]))
     log.info("refit: train + valid for %d epoch(s) (the best on valid) -> %s", refit.train.epochs, refit.output_dir)
+    # the refit starts cold: it is the same model trained anew on more data, not a continuation
     refit_metrics, _ = _train_run(refit, reexport=reexport, break_lock=break_lock)
     metrics["refit"] = {"status": "done", "run": refit.output_dir, "epochs": refit.train.epochs,
                         "train_events": sum(r["train_events"] for r in refit_metrics["epochs"]) // refit.train.epochs,
@@ -236,7 +289,8 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
 
 
 def _train_run(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, on_epoch_end=None,
-               break_lock: bool = False) -> tuple[dict, bool]:
+               break_lock: bool = False, init_from: Optional[str] = None, init_checkpoint: str = "best",
+               reset_optimizer: bool = False) -> tuple[dict, bool]:
     from sbrjob.distribute import is_chief, make_strategy  # TensorFlow: imported by the stages that train
     from sbrjob.train import configure_determinism, fit
 
@@ -245,14 +299,22 @@ def _train_run(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, o
     with run.lock("train", break_lock) if chief else contextlib.nullcontext():
         if chief:
             guard(run, cfg, fresh)
+            if run.has_checkpoints():
+                _check_start(run, init_from, init_checkpoint, reset_optimizer)
+            elif storage.exists(join(run.dir, runs.INIT_RECORD)):  # from a start that never checkpointed
+                storage.delete(join(run.dir, runs.INIT_RECORD))
             previous = run.metrics()
             if not reexport and run.has_checkpoints() and runs.is_complete(previous, cfg):
                 return previous, True
             data = ensure_prepared(run, cfg, force=reexport)
+            warm = None if init_from is None or run.has_checkpoints() else \
+                _warm_start(run, cfg, data, init_from, init_checkpoint, reset_optimizer, chief)
             manifests = ensure_exported(run, cfg, data, force=reexport)
             save_config(cfg, run.dir)
         else:
             data, manifests = wait_for_export(run, cfg)
+            warm = None if init_from is None or run.has_checkpoints() else \
+                _warm_start(run, cfg, data, init_from, init_checkpoint, reset_optimizer, chief)
         configure_determinism(cfg)
         strategy, kind = make_strategy(cfg.train.strategy)
         if chief:
@@ -266,7 +328,7 @@ def _train_run(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, o
         hooks = ([early_stopping(cfg.eval.metric, cfg.train.patience)] if cfg.train.patience else [])
         hooks += [on_epoch_end] if callable(on_epoch_end) else list(on_epoch_end or [])
         metrics = fit(cfg, strategy, kind, run.split_dir("train"), n_items, support,
-                      evaluators=_evaluators(run, cfg, manifests, support), on_epoch_end=hooks)
+                      evaluators=_evaluators(run, cfg, manifests, support), on_epoch_end=hooks, init_from=warm)
         return metrics, False
 
 

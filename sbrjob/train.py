@@ -302,7 +302,8 @@ def _hooks(on_epoch_end: Union[EpochHook, Sequence[EpochHook], None]) -> list[Ep
 
 def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, support: np.ndarray, *,
         evaluators: Optional[dict[str, Evaluator]] = None,
-        on_epoch_end: Union[EpochHook, Sequence[EpochHook], None] = None) -> dict:
+        on_epoch_end: Union[EpochHook, Sequence[EpochHook], None] = None,
+        init_from: Optional[Callable[[GRU4Rec, object], object]] = None) -> dict:
     """Train on exported train shards until `train.epochs` (resuming from the last checkpoint) or a
     hook stops it; returns metrics.json's content.
 
@@ -315,6 +316,8 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
         at the end on the best weights.
       on_epoch_end: hooks `(epoch, record) -> stop?` after every epoch; a true value (or a string,
         the reason) ends training there, and the run counts as complete.
+      init_from: `(model, optimizer) -> _` sets the first weights of a NEW run (a warm start,
+        `warmstart.apply`); not called when the run resumes from a checkpoint of its own.
     """
     evaluators = evaluators or {}
     hooks = _hooks(on_epoch_end)
@@ -331,6 +334,8 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
             raise SbrjobError(f"{checkpoints.remote}: checkpoints belong to a different model/train config or "
                               "data; use another output_dir or `sbrjob train --fresh`")
         log.info("resuming from %s (epoch %d, block %d)", latest, int(progress.epoch) + 1, int(progress.block))
+    elif init_from is not None:
+        init_from(trainer.model, trainer.optimizer)
     progress.fingerprint.assign(fingerprint)
     tb_dir = runs.Run(cfg.output_dir).tensorboard_dir
     tb_work = storage.work_dir(tb_dir) if chief else None
