@@ -335,9 +335,6 @@ def validate(cfg: JobConfig) -> None:
     _check(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps", "must be >= 0")
     _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
     _check(t.patience >= 0, "train.patience", "must be >= 0 (0 = no early stopping)")
-    _check(not t.refit or s.scheme == "given" or (s.valid_days if s.scheme == "days" else s.valid_fraction) > 0,
-           "train.refit",
-           "needs a validation split to choose the epoch count (split.valid_days / valid_fraction > 0)")
     _check(t.logq >= 0 and t.bpreg >= 0, "train.logq", "logq and bpreg must be >= 0")
     _check(bool(ev.cutoffs) and all(k >= 1 for k in ev.cutoffs), "eval.cutoffs", "a non-empty list of ints >= 1")
     name, _, k = ev.metric.partition("@")

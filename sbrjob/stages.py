@@ -271,8 +271,10 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
                                    reset_optimizer=reset_optimizer)
     if not cfg.train.refit or (metrics.get("refit") or {}).get("status") == "done":
         return metrics, complete
-    if cfg.split.scheme == "given":
-        log.warning("train.refit: skipped: split.scheme given trains on the given files as they are")
+    if cfg.split.scheme == "given" or not (cfg.split.valid_days if cfg.split.scheme == "days"
+                                           else cfg.split.valid_fraction) > 0:
+        log.warning("train.refit: skipped: it needs a validation split of scheme days or fraction to choose "
+                    "the epoch count and fold into train")
         return metrics, complete
     refit = refit_config(cfg, int(metrics["best_epoch"]))
     log.info("refit: train + valid for %d epoch(s) (the best on valid) -> %s", refit.train.epochs, refit.output_dir)

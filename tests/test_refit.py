@@ -10,7 +10,6 @@ import yaml
 
 from sbrjob import stages
 from sbrjob.config import load_config
-from sbrjob.errors import SbrjobError
 from sbrjob.runs import Run
 
 from conftest import cli
@@ -55,9 +54,8 @@ def test_refit_trains_the_best_epoch_count_on_train_plus_valid_and_is_added_to_a
     assert json.loads(used.stdout)["mrr@20"] == pytest.approx(refit["test"]["mrr@20"], abs=1e-6)
 
 
-def test_refit_needs_a_validation_split_and_a_split_it_can_redo(tmp_path):
-    with pytest.raises(SbrjobError, match="train.refit: needs a validation split"):
-        load_config("tiny", ["train.refit=true", "split.valid_fraction=0"])
+def test_refit_config_folds_valid_into_train_and_other_splits_are_accepted(tmp_path):
+    assert load_config("tiny", ["train.refit=true", "split.valid_fraction=0"]).train.refit  # skipped, warned
     given = load_config("yoochoose", ["train.refit=true", "split.scheme=given", "data.format=gru4rec",
                                       "data.test_path=x.txt"])  # the given files are trained as they are
     assert given.train.refit  # train_stage skips the refit with a warning
