@@ -78,6 +78,12 @@ def ensure_prepared(run: Run, cfg: JobConfig, force: bool = False, runner: Optio
         raise _trained_refusal(run, f"{run.data_dir}: {'--force' if force else 'prepared data is stale'}")
     log.info("prepare: %s -> %s", ", ".join(r["path"] for r in inputs), run.data_dir)
     engine = beam_runner.choose(cfg, runner, sum(int(r.get("size") or 0) for r in inputs))
+    if engine != "inprocess" and (cfg.data.since or cfg.data.until):  # not in the Beam pipeline yet
+        if (runner or cfg.beam.runner) != "auto":
+            raise SbrjobError(f"data.since / data.until: not applied by --runner {engine} yet; "
+                              "use --runner inprocess (or leave both unset)")
+        log.info("runner auto: data.since / data.until are applied in-process only: in-process")
+        engine = "inprocess"
     if engine == "inprocess":
         stats = prepare(cfg, inputs)
     else:

@@ -81,3 +81,16 @@ def test_auto_uses_the_threshold_and_direct_runner_options():
 def test_beam_runner_without_beam_is_one_clear_error():
     with pytest.raises(SbrjobError, match=r"pip install 'sbrjob\[beam\]'"):
         beam_runner.choose(load_config("tiny"), "beam")
+
+
+def test_a_time_window_is_refused_on_beam_rather_than_silently_ignored(tmp_path, monkeypatch):
+    from sbrjob import beam_runner, stages
+    from sbrjob.config import load_config
+    from sbrjob.errors import SbrjobError
+    from sbrjob.runs import Run
+
+    monkeypatch.setattr(beam_runner, "require_beam", lambda runner: None)  # refused before Beam is needed
+    cfg = load_config("tiny", [f"output_dir={tmp_path}", "data.until=2001-01-01"])
+    with pytest.raises(SbrjobError, match="data.since / data.until: not applied by --runner beam"):
+        stages.ensure_prepared(Run(cfg.output_dir), cfg, runner="beam")
+    assert not (tmp_path / "data").exists()
