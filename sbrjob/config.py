@@ -563,10 +563,7 @@ def fingerprint_dict(cfg: JobConfig) -> dict[str, Any]:
 
 def load_run_config(path: str) -> JobConfig:
     """A run's stored config.yaml, with the values it was trained with for keys it predates."""
-    text, where = _read_config_text(path)
-    raw = parse_yaml(text, where) or {}
-    if not isinstance(raw, dict):
-        raise SbrjobError(f"{where}: expected a mapping of sections at the top level")
+    raw, where = _read_sections(path)
     for (section, key), value in ADDED_KEYS.items():
         if isinstance(raw.get(section), dict) and key not in raw[section]:
             raw[section][key] = value
@@ -585,11 +582,17 @@ def parse_yaml(text: str, where: str) -> Any:
         raise SbrjobError(f"{where}{line}: not valid YAML ({_yaml_problem(err)})") from None
 
 
-def load_config(name: str, overrides: list[str] | None = None) -> JobConfig:
+def _read_sections(name: str) -> tuple[dict, str]:
+    """A config file's top-level mapping and where it came from (for error lines)."""
     text, where = _read_config_text(name)
     raw = parse_yaml(text, where) or {}
     if not isinstance(raw, dict):
         raise SbrjobError(f"{where}: expected a mapping of sections at the top level")
+    return raw, where
+
+
+def load_config(name: str, overrides: list[str] | None = None) -> JobConfig:
+    raw, where = _read_sections(name)
     for assignment in overrides or []:
         _apply_override(raw, assignment)
     if overrides:

@@ -242,8 +242,9 @@ def session_bounds(log: Log) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _carve(out: np.ndarray, start, end, split_cfg, pool: int, code: int, days: float, fraction: float,
-           n_total: int) -> None:
-    """Mark the latest sessions of `pool` (by end time) as `code`: the last `days` or `fraction`."""
+           n_total: int, at_least: int = 0) -> None:
+    """Mark the latest sessions of `pool` (by end time) as `code`: the last `days`, or `fraction` of
+    all `n_total` sessions (at least `at_least` of them)."""
     inside = out == pool
     if not inside.any():
         return
@@ -252,7 +253,7 @@ def _carve(out: np.ndarray, start, end, split_cfg, pool: int, code: int, days: f
         return
     idx = np.flatnonzero(inside)
     order = idx[np.lexsort((idx, start[idx], end[idx]))]  # by end time; ties by start, then session
-    n = max(1, int(round(n_total * fraction))) if code == 2 else int(round(n_total * fraction))
+    n = max(at_least, int(round(n_total * fraction)))
     if n:
         out[order[-n:]] = code
 
@@ -270,10 +271,10 @@ def assign_splits(log: Log, split_cfg) -> np.ndarray:
     start, end = session_bounds(log)
     out = np.zeros(len(end), dtype=np.int8)
     n, s = len(end), split_cfg
-    _carve(out, start, end, s, 0, 2, s.test_days, s.test_fraction, n)
+    _carve(out, start, end, s, 0, 2, s.test_days, s.test_fraction, n, at_least=1)
     if s.drop_test:
         out[out == 2] = 3
-        _carve(out, start, end, s, 0, 2, s.valid_days, s.valid_fraction, n)
+        _carve(out, start, end, s, 0, 2, s.valid_days, s.valid_fraction, n, at_least=1)
     if (s.valid_days if s.scheme == "days" else s.valid_fraction) > 0 and not s.merge_valid:
         _carve(out, start, end, s, 0, 1, s.valid_days, s.valid_fraction, n)
     return out

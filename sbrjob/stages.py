@@ -287,7 +287,7 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
     # the refit starts cold: it is the same model trained anew on more data, not a continuation
     refit_metrics, _ = _train_run(refit, reexport=reexport, break_lock=break_lock)
     metrics["refit"] = {"status": "done", "run": refit.output_dir, "epochs": refit.train.epochs,
-                        "train_events": sum(r["train_events"] for r in refit_metrics["epochs"]) // refit.train.epochs,
+                        "train_events": refit_metrics["epochs"][-1]["train_events"],
                         "test": refit_metrics["test"]}
     from sbrjob.distribute import is_chief
 

@@ -16,6 +16,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def slow_cli(delay: float) -> str:
+    """A `python -c` script running the sbrjob CLI with each training block `delay` s slower, so a
+    test has time to kill it mid-epoch (the math is unchanged)."""
+    return f"""
+import sys, time
+from sbrjob import train
+init = train.Trainer.__init__
+def slow_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    block = self.train_block
+    def slow_block(*a):
+        time.sleep({delay})
+        return block(*a)
+    self.train_block = slow_block
+train.Trainer.__init__ = slow_init
+from sbrjob.cli import run
+sys.argv = ["sbrjob"] + sys.argv[1:]
+run()
+"""
+
+
 def shared_path(*parts: str) -> Path:
     """A file under ../shared/data, or skip the test with a message when it is not there."""
     p = SHARED_DATA.joinpath(*parts)

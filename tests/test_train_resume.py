@@ -18,24 +18,11 @@ from sbrjob.errors import SbrjobError
 from sbrjob.runs import load_trained
 from sbrjob.stages import train_stage
 
+from conftest import slow_cli
+
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["train.checkpoint_every_steps=8", "train.epochs=2", "train.keep_checkpoints=2"]
-SLOW_CLI = r"""
-import sys, time
-from sbrjob import train
-init = train.Trainer.__init__
-def slow_init(self, *args, **kwargs):  # give the test time to kill us mid-epoch; the math is unchanged
-    init(self, *args, **kwargs)
-    block = self.train_block
-    def slow_block(*a):
-        time.sleep(0.05)
-        return block(*a)
-    self.train_block = slow_block
-train.Trainer.__init__ = slow_init
-from sbrjob.cli import run
-sys.argv = ["sbrjob"] + sys.argv[1:]
-run()
-"""
+SLOW_CLI = slow_cli(0.05)
 
 
 def cli_args(out):

@@ -19,7 +19,7 @@ from sbrjob.config import load_config
 from sbrjob.model import GRU4Rec
 from sbrjob.runs import Prepared
 from sbrjob.stages import train_stage
-from tests.conftest import cli
+from tests.conftest import cli, slow_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DAY0 = pd.Timestamp("2020-01-01", tz="UTC").timestamp()
@@ -129,22 +129,7 @@ def test_kept_rows_are_bit_identical_new_rows_fresh_and_the_run_trains(source, w
     assert not np.array_equal(after.get_tensor("model/Wy/.ATTRIBUTES/VARIABLE_VALUE"), seen["Wy"])
 
 
-SLOW_CLI = r"""
-import sys, time
-from sbrjob import train
-init = train.Trainer.__init__
-def slow_init(self, *args, **kwargs):  # time to be killed mid-epoch; the math is unchanged
-    init(self, *args, **kwargs)
-    block = self.train_block
-    def slow_block(*a):
-        time.sleep(0.1)
-        return block(*a)
-    self.train_block = slow_block
-train.Trainer.__init__ = slow_init
-from sbrjob.cli import run
-sys.argv = ["sbrjob"] + sys.argv[1:]
-run()
-"""
+SLOW_CLI = slow_cli(0.1)
 
 
 def test_a_warm_started_run_resumes_after_kill_9_like_any_other(source, warm, tmp_path):
