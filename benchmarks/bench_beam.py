@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +68,44 @@ def run_one(case: str, path: str, export: bool) -> None:
     }))
 
 
+def tree_rss_gb(pid: int) -> float:
+    """Resident memory of a process and all its descendants now (Linux /proc), in GB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(d.name))
+            rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo.extend(children.get(p, []))
+    return total / 1e9
+
+
+def run_sampled(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
+    """Run cmd; also the peak of its whole process tree's summed RSS, sampled every 0.5 s."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss_gb(proc.pid))
+            time.sleep(0.5)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    out, err = proc.communicate()
+    t.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clicks", type=int, default=3_300_000, help="synthetic clicks (33003944 = full scale)")
@@ -90,7 +129,7 @@ def main() -> None:
     reference = None
     for case in args.cases:
         cmd = [sys.executable, __file__, "--one", case, "--path", str(path)] + (["--no-export"] if args.no_export else [])
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res, tree_peak = run_sampled(cmd)
         if res.returncode:
             print(f"{case}: failed\n{res.stderr[-2000:]}")
             continue
@@ -99,7 +138,8 @@ def main() -> None:
         same = "identical to the first case" if r["digests"] == reference else "DIFFERENT from the first case"
         print(f"{case}: {r['input_rows']:,} rows, {r['filter_rounds']} filter rounds  prepare {r['prepare_s']} s  "
               f"export {r['export_s']} s  (process incl. imports {r['process_s']} s; main-process CPU "
-              f"{r['cpu_s_main']} s)  peak RSS main {r['peak_rss_gb']} GB, largest worker {r['peak_rss_child_gb']} GB  "
+              f"{r['cpu_s_main']} s)  peak RSS main {r['peak_rss_gb']} GB, largest worker {r['peak_rss_child_gb']} GB, "
+              f"all processes together {tree_peak:.2f} GB  "
               f"splits(events, sessions) {r['splits']}  outputs {same}")
     print(f"load average {os.getloadavg()[0]:.1f} at end")
 
