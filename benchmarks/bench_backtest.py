@@ -53,7 +53,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
     ap.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--results", default="backtest", help="results file name: benchmarks/results/NAME.{json,png}")
+    ap.add_argument("--final", action="store_true",
+                    help="train each run once and compare the final models (under train.refit: the refits, each "
+                         "warm window and its refit starting from the previous window's final model); epochs "
+                         "count the run's and its refit's; no per-epoch curves")
     args = ap.parse_args()
+    if args.final:
+        final_mode(args)
+        return
 
     from sbrjob.backtest import window_config, window_days
     from sbrjob.config import load_config
@@ -128,6 +135,80 @@ def main() -> None:
     (RESULTS / f"{args.results}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"{args.results}.png").write_bytes(plot(results))
     print(markdown(results))
+
+
+def final_mode(args) -> None:
+    """--final: cold and warm runs trained once each; their final models' test MRR@20 and epochs."""
+    from sbrjob.backtest import window_config, window_days
+    from sbrjob.config import load_config
+    from sbrjob.stages import train_stage
+
+    root = Path(args.out or tempfile.mkdtemp(prefix="bench-backtest-"))
+    results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "mode": "final", "windows": args.windows,
+               "variants": args.variants, "step_days": args.step_days, "cold_epochs": args.cold_epochs,
+               "warm_epochs": args.warm_epochs, "extra_set": args.set, "datasets": {}}
+
+    def final(cfg, epochs: int, init_from=None, reset=False) -> dict:
+        cfg.train.epochs = epochs
+        t0 = time.perf_counter()
+        m, _ = train_stage(cfg, init_from=init_from, reset_optimizer=reset)
+        refit = m.get("refit") or {}
+        test = refit.get("test") or m["test"]
+        rec = {"epochs": epochs, "best_epoch": m["best_epoch"], "refit_epochs": refit.get("epochs", 0),
+               "test_mrr@20": test["mrr@20"], "test_recall@20": test["recall@20"], "test_events": test["events"],
+               "run_test_mrr@20": m["test"]["mrr@20"],
+               "train_seconds": round(sum(r["train_seconds"] for r in m["epochs"]) + refit.get("train_seconds", 0), 1),
+               "wall_seconds": round(time.perf_counter() - t0, 1), "items": (m.get("init_from") or {}).get("items")}
+        print(f"  {cfg.name}: {epochs}+{rec['refit_epochs']} epochs, final test mrr@20 {rec['test_mrr@20']:.4f} "
+              f"(run's best {rec['run_test_mrr@20']:.4f}), {rec['train_seconds']} s", flush=True)
+        return rec
+
+    for name in args.datasets:
+        spec = DATASETS[name]
+        base = load_config(str(CONFIGS / f"{spec['config']}.yaml"), [f"output_dir={root / name}"] + spec["set"] + args.set)
+        days = window_days(dt.date.fromisoformat(spec["end"]), args.windows, args.step_days)
+        print(f"{name}: windows until {', '.join(d.isoformat() for d in days)}", flush=True)
+        rows, previous = [], {}
+        for i, day in enumerate(days):
+            cold_cfg = window_config(base, i, day, warm=False)
+            row = {"window": i, "until": day.isoformat(), "cold": final(cold_cfg, args.cold_epochs)}
+            for variant in args.variants:
+                warm_cfg = window_config(base, i, day, warm=True)
+                tag = f"{variant}-{args.warm_epochs}ep"
+                if i == 0:
+                    previous[tag] = cold_cfg.output_dir  # the chain starts from the cold first window
+                    continue
+                warm_cfg.output_dir += f"-{tag}"
+                warm_cfg.name += f"-{tag}"
+                w = final(warm_cfg, args.warm_epochs, init_from=previous[tag], reset=variant == "reset")
+                cold = row["cold"]
+                w["ratio_mrr"] = round(w["test_mrr@20"] / cold["test_mrr@20"], 4)
+                w["ratio_epochs"] = round((w["epochs"] + w["refit_epochs"]) / (cold["epochs"] + cold["refit_epochs"]), 3)
+                w["met"] = w["ratio_mrr"] >= 0.98 and w["ratio_epochs"] <= 0.4
+                row[tag] = w
+                previous[tag] = warm_cfg.output_dir
+            rows.append(row)
+        results["datasets"][name] = rows
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = ["| data | window (until) | items kept/new/dropped | test events | cold: epochs (+refit), final MRR@20 | "
+             "warm start | warm: epochs (+refit), final MRR@20 | MRR ratio | epoch ratio | met? |",
+             "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
+    for name, rows in results["datasets"].items():
+        for r in rows:
+            c = r["cold"]
+            cold = f"{c['epochs']}+{c['refit_epochs']}, {c['test_mrr@20']:.4f}"
+            tags = [k for k in r if k not in ("window", "until", "cold")]
+            if not tags:
+                lines.append(f"| {name} | w{r['window']:02d} ({r['until']}) | (first: cold only) | "
+                             f"{c['test_events']:,} | {cold} | - | - | - | - | - |")
+            for t in tags:
+                w, it = r[t], r[t]["items"]
+                lines.append(f"| {name} | w{r['window']:02d} ({r['until']}) | {it['kept']:,}/{it['new']:,}/"
+                             f"{it['dropped']:,} | {w['test_events']:,} | {cold} | {t} | {w['epochs']}+"
+                             f"{w['refit_epochs']}, {w['test_mrr@20']:.4f} | {w['ratio_mrr']:.3f} | "
+                             f"{w['ratio_epochs']:.2f} | {'yes' if w['met'] else 'no'} |")
+    print("\n".join(lines))
 
 
 def markdown(results: dict) -> str:

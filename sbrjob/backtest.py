@@ -4,8 +4,9 @@ Window i of N is the job's config with `data.until` set to a day (the last windo
 days earlier each step back): it prepares the events up to the end of that day, splits them with
 the config's own `split` (with `split.scheme: days`, `test_days: 1` the test is that last day) and
 trains a run of its own in `OUTPUT_DIR/backtest/{cold,warm}/wNN_<day>/`, cold or (`warm`)
-warm-started from the previous window's run (`warmstart.py`). A window that is already complete is reused as it is, so an
-interrupted backtest resumes where it stopped. The results: `backtest.json`, `backtest.md` (one
+warm-started from the previous window's final model (`warmstart.py`; under `train.refit` that is its
+refit, and each window reports its own refit's test metrics). A window that is already complete is
+reused as it is, so an interrupted backtest resumes where it stopped. The results: `backtest.json`, `backtest.md` (one
 row per window and the mean) and `backtest.png` (Recall@K and MRR@K per window with their means,
 training time and epochs per window), written through `storage` (local or gs://).
 """
@@ -62,7 +63,8 @@ def window_config(cfg: JobConfig, i: int, day: dt.date, warm: bool = False) -> J
 
 def _row(i: int, day: dt.date, wcfg: JobConfig, metrics: dict, start: str, wall: Optional[float]) -> dict:
     k = wcfg.eval.metric.partition("@")[2]
-    test = metrics.get("test") or {}
+    refit = metrics.get("refit") or {}
+    test = refit.get("test") or metrics.get("test") or {}  # the final model's: the refit's under train.refit
     epochs = metrics.get("epochs") or []
     init = metrics.get("init_from") or {}
     stats = json.loads(storage.read_text(join(wcfg.output_dir, "data", "stats.json")))
@@ -70,8 +72,8 @@ def _row(i: int, day: dt.date, wcfg: JobConfig, metrics: dict, start: str, wall:
             "test_range": stats["test"].get("time_range"), "train_events": stats["train"]["events"],
             "n_items": stats["n_items"], "items": init.get("items"),
             "test_events": test.get("events"), f"recall@{k}": test.get(f"recall@{k}"), f"mrr@{k}": test.get(f"mrr@{k}"),
-            "epochs": len(epochs), "best_epoch": metrics.get("best_epoch"),
-            "train_seconds": round(sum(r.get("train_seconds", 0.0) for r in epochs), 2),
+            "epochs": len(epochs), "best_epoch": metrics.get("best_epoch"), "refit_epochs": refit.get("epochs", 0),
+            "train_seconds": round(sum(r.get("train_seconds", 0.0) for r in epochs) + refit.get("train_seconds", 0.0), 2),
             "wall_seconds": None if wall is None else round(wall, 2)}
 
 
@@ -143,7 +145,7 @@ def table(result: dict) -> str:
     head = (f"# {result['name']}: backtest, {len(result['windows'])} windows, step {result['step_days']} day(s), "
             f"{'warm' if result['warm'] else 'cold'} start\n\n")
     cols = ["window", "until", "start", "items (kept/new/dropped)", "train events", "test events",
-            f"Recall@{k}", f"MRR@{k}", "epochs", "train s"]
+            f"Recall@{k}", f"MRR@{k}", "epochs (+refit)", "train s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---:" if i > 2 else "---" for i in range(len(cols))) + "|"]
     for r in result["windows"]:
         items = r["items"]
@@ -151,7 +153,9 @@ def table(result: dict) -> str:
         lines.append("| " + " | ".join([
             f"w{r['window']:02d}", r["until"], r["start"], carried, f"{r['train_events']:,}",
             f"{r['test_events']:,}" if r["test_events"] is not None else "-",
-            _num(r[f"recall@{k}"]), _num(r[f"mrr@{k}"]), str(r["epochs"]), f"{r['train_seconds']:.1f}"]) + " |")
+            _num(r[f"recall@{k}"]), _num(r[f"mrr@{k}"]),
+            f"{r['epochs']}+{r['refit_epochs']}" if r.get("refit_epochs") else str(r["epochs"]),
+            f"{r['train_seconds']:.1f}"]) + " |")
     m, s = result["mean"], result["std"]
     lines.append("| " + " | ".join([
         "**mean**", "", "", "", "", "", f"**{_num(m.get(f'recall@{k}'))}** ± {_num(s.get(f'recall@{k}'))}",

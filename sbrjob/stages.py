@@ -224,7 +224,9 @@ def _check_start(run: Run, init_from: Optional[str], which: str, reset_optimizer
     recorded = runs.read_init_record(run)
     if init_from is None:
         return recorded
-    want = {"run": _source_path(init_from), "checkpoint": which, "reset_optimizer": reset_optimizer}
+    from sbrjob.warmstart import final_model_dir
+
+    want = {"run": _source_path(final_model_dir(init_from)), "checkpoint": which, "reset_optimizer": reset_optimizer}
     if recorded is None:
         raise SbrjobError(f"{run.dir} holds a run trained from scratch; --init-from {init_from} cannot change how "
                           "it started: use another output_dir, or --fresh to start it anew (moved to attic/)")
@@ -247,7 +249,7 @@ def _warm_start(run: Run, cfg: JobConfig, data: Prepared, init_from: str, which:
     source = warmstart.open_source(init_from, which)
     item_ids = data.load_items()["item_id"].astype(str).to_numpy()
     warmstart.check_shapes(GRU4Rec(source.cfg.model, len(source.item_ids)), GRU4Rec(cfg.model, len(item_ids)))
-    source.dir = _source_path(init_from)
+    source.dir = _source_path(source.dir)
 
     def init(model, optimizer):
         record = warmstart.apply(model, optimizer, source, item_ids, reset_optimizer=reset_optimizer)
@@ -284,10 +286,15 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
         return metrics, complete
     refit = refit_config(cfg, int(metrics["best_epoch"]))
     log.info("refit: train + valid for %d epoch(s) (the best on valid) -> %s", refit.train.epochs, refit.output_dir)
-    # the refit starts cold: it is the same model trained anew on more data, not a continuation
-    refit_metrics, _ = _train_run(refit, reexport=reexport, break_lock=break_lock)
+    # the refit is the same job trained anew on more data, not a continuation: it starts as the run
+    # did, cold or from the same warm start
+    start = runs.read_init_record(Run(cfg.output_dir)) or {}
+    refit_metrics, _ = _train_run(refit, reexport=reexport, break_lock=break_lock, init_from=start.get("run"),
+                                  init_checkpoint=start.get("checkpoint", "best"),
+                                  reset_optimizer=bool(start.get("reset_optimizer")))
     metrics["refit"] = {"status": "done", "run": refit.output_dir, "epochs": refit.train.epochs,
                         "train_events": refit_metrics["epochs"][-1]["train_events"],
+                        "train_seconds": round(sum(r.get("train_seconds", 0.0) for r in refit_metrics["epochs"]), 3),
                         "test": refit_metrics["test"]}
     from sbrjob.distribute import is_chief
 

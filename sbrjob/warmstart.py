@@ -62,9 +62,28 @@ class Source:
     fingerprint: Optional[str]
 
 
-def open_source(run_dir: str, which: str = "best") -> Source:
-    """The source run (local or gs://) and its `best` or `last` checkpoint; one line when it has none."""
+def final_model_dir(run_dir: str) -> str:
+    """The run that holds `run_dir`'s final model: its refit (`train.refit`, RUN/refit) once that is
+    done, else the run itself. Yesterday's model in the nightly pattern is what yesterday shipped."""
+    import json
+
+    from sbrjob import storage
+
     run = runs.Run(run_dir)
+    try:
+        refit = json.loads(storage.read_text(run.metrics_path)).get("refit") or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return run_dir
+    return run.refit_dir if refit.get("status") == "done" else run_dir
+
+
+def open_source(run_dir: str, which: str = "best") -> Source:
+    """The source run (local or gs://) and its `best` or `last` checkpoint; one line when it has none.
+    A run with a finished refit is represented by it (`final_model_dir`)."""
+    final = final_model_dir(run_dir)
+    if final != run_dir:
+        log.info("--init-from %s: starting from its final model, the refit on train + valid (%s)", run_dir, final)
+    run = runs.Run(final)
     cfg = run.saved_config()
     if cfg is None:
         raise SbrjobError(f"--init-from {run_dir}: {run.config_path} not found; give the output_dir of a trained run")

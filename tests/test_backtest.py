@@ -48,3 +48,26 @@ def test_backtest_trains_each_window_warm_from_the_previous_and_reports(tmp_path
 def test_backtest_refuses_bad_windows(tmp_path):
     r = cli("backtest", "--config", "tiny", "--windows", 0, "--set", f"output_dir={tmp_path}")
     assert r.exit_code == 2 and "--windows 0 --step-days 1: both must be >= 1" in r.error
+
+
+def test_under_refit_each_window_starts_from_the_previous_final_model_and_reports_its_own(tmp_path):
+    config = write_config(tmp_path)
+    out = tmp_path / "bt"
+    r = cli("backtest", "--config", config, "--windows", 2, "--step-days", 2, "--until", "2020-01-10", "--warm",
+            "--set", f"output_dir={out}", "--set", "train.epochs=1", "--set", "train.refit=true",
+            "--set", "split.scheme=days", "--set", "split.test_days=1", "--set", "split.valid_days=1",
+            "--set", "train.checkpoint_every_steps=0")
+    assert r.exit_code == 0, r.output
+    root = out / "backtest" / "warm"
+    rows = json.loads((root / "backtest.json").read_text())["windows"]
+    w00, w01 = root / "w00_2020-01-08", root / "w01_2020-01-10"
+    for w, run in zip(rows, (w00, w01)):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["refit"]["status"] == "done" and w["refit_epochs"] == metrics["best_epoch"] == 1
+        assert w["mrr@20"] == metrics["refit"]["test"]["mrr@20"] != metrics["test"]["mrr@20"]  # the final model's
+    # yesterday's shipped model is w00's refit; w01's own refit starts from that same model, not cold
+    started = json.loads((w01 / "metrics.json").read_text())["init_from"]
+    assert started["run"] == str(w00 / "refit")
+    assert json.loads((w01 / "refit" / "init_from.json").read_text())["run"] == str(w00 / "refit")
+    assert not (w00 / "refit" / "init_from.json").exists()  # the first window and its refit are cold
+    assert "| 1+1 |" in (root / "backtest.md").read_text()
