@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
     ap.add_argument("--out", default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--results", default="backtest", help="results file name: benchmarks/results/NAME.{json,png}")
+    ap.add_argument("--warm-set", action="append", default=[],
+                    help="with --final: config overrides for the warm runs only (e.g. train.lr=0.2)")
     ap.add_argument("--final", action="store_true",
                     help="train each run once and compare the final models (under train.refit: the refits, each "
                          "warm window and its refit starting from the previous window's final model); epochs "
@@ -140,13 +142,13 @@ def main() -> None:
 def final_mode(args) -> None:
     """--final: cold and warm runs trained once each; their final models' test MRR@20 and epochs."""
     from sbrjob.backtest import window_config, window_days
-    from sbrjob.config import load_config
+    from sbrjob.config import config_from_dict, load_config
     from sbrjob.stages import train_stage
 
     root = Path(args.out or tempfile.mkdtemp(prefix="bench-backtest-"))
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "mode": "final", "windows": args.windows,
                "variants": args.variants, "step_days": args.step_days, "cold_epochs": args.cold_epochs,
-               "warm_epochs": args.warm_epochs, "extra_set": args.set, "datasets": {}}
+               "warm_epochs": args.warm_epochs, "extra_set": args.set, "warm_set": args.warm_set, "datasets": {}}
 
     def final(cfg, epochs: int, init_from=None, reset=False) -> dict:
         cfg.train.epochs = epochs
@@ -174,7 +176,9 @@ def final_mode(args) -> None:
             row = {"window": i, "until": day.isoformat(), "cold": final(cold_cfg, args.cold_epochs)}
             for variant in args.variants:
                 warm_cfg = window_config(base, i, day, warm=True)
-                tag = f"{variant}-{args.warm_epochs}ep"
+                if args.warm_set:
+                    warm_cfg = config_from_dict(warm_cfg.to_dict(), args.warm_set)
+                tag = f"{variant}-{args.warm_epochs}ep" + "".join(f"-{s}" for s in args.warm_set)
                 if i == 0:
                     previous[tag] = cold_cfg.output_dir  # the chain starts from the cold first window
                     continue

@@ -20,6 +20,11 @@ def test_override_changes_value_and_type_is_checked():
     assert cfg.train.lr == 0.05 and cfg.model.layers == [64, 32] and cfg.sessions.gap == 3600.0
     with pytest.raises(SbrjobError, match=r"train\.epochs: expected an integer"):
         load_config("tiny", ["train.epochs=two"])
+    # YAML 1.1 reads exponents without a dot as text; a float key takes them as numbers
+    assert load_config("tiny", ["train.lr=1e-4"]).train.lr == 1e-4
+    assert load_config("tiny", ["train.lr=2.5E+1"]).train.lr == 25.0
+    with pytest.raises(SbrjobError, match=r"train\.lr: expected a number, got '1e'"):
+        load_config("tiny", ["train.lr=1e"])
 
 
 def test_unknown_key_names_file_and_suggests(tmp_path):
