@@ -14,15 +14,20 @@ def test_window_days_end_at_the_last_day_step_apart():
     assert window_days(date(2014, 4, 7), 3, 2) == [date(2014, 4, 3), date(2014, 4, 5), date(2014, 4, 7)]
 
 
-def test_backtest_trains_each_window_warm_from_the_previous_and_reports(tmp_path):
+def warm_backtest(tmp_path, *sets: str):
+    """Two warm windows, two days apart, of one epoch each, split by day; the result and its root."""
     config = write_config(tmp_path)
     out = tmp_path / "bt"
+    args = [f"output_dir={out}", "train.epochs=1", "split.scheme=days", "split.test_days=1", "split.valid_days=1",
+            "train.checkpoint_every_steps=0", *sets]
     r = cli("backtest", "--config", config, "--windows", 2, "--step-days", 2, "--until", "2020-01-10", "--warm",
-            "--set", f"output_dir={out}", "--set", "train.epochs=1", "--set", "split.scheme=days",
-            "--set", "split.test_days=1", "--set", "split.valid_days=1", "--set", "train.checkpoint_every_steps=0",
-            "--set", "filter.last_days=3")  # a sliding window of 3 days: the catalogue drifts
+            *[x for a in args for x in ("--set", a)])
     assert r.exit_code == 0, r.output
-    root = out / "backtest" / "warm"
+    return r, out / "backtest" / "warm"
+
+
+def test_backtest_trains_each_window_warm_from_the_previous_and_reports(tmp_path):
+    r, root = warm_backtest(tmp_path, "filter.last_days=3")  # a sliding window of 3 days: the catalogue drifts
     result = json.loads((root / "backtest.json").read_text())
     rows = result["windows"]
     assert [w["until"] for w in rows] == ["2020-01-08", "2020-01-10"]
@@ -51,14 +56,7 @@ def test_backtest_refuses_bad_windows(tmp_path):
 
 
 def test_under_refit_each_window_starts_from_the_previous_final_model_and_reports_its_own(tmp_path):
-    config = write_config(tmp_path)
-    out = tmp_path / "bt"
-    r = cli("backtest", "--config", config, "--windows", 2, "--step-days", 2, "--until", "2020-01-10", "--warm",
-            "--set", f"output_dir={out}", "--set", "train.epochs=1", "--set", "train.refit=true",
-            "--set", "split.scheme=days", "--set", "split.test_days=1", "--set", "split.valid_days=1",
-            "--set", "train.checkpoint_every_steps=0")
-    assert r.exit_code == 0, r.output
-    root = out / "backtest" / "warm"
+    _, root = warm_backtest(tmp_path, "train.refit=true")
     rows = json.loads((root / "backtest.json").read_text())["windows"]
     w00, w01 = root / "w00_2020-01-08", root / "w01_2020-01-10"
     for w, run in zip(rows, (w00, w01)):
