@@ -16,7 +16,8 @@ every lane is padding, so padding never moves a weight (momentum would otherwise
 it is a select, not a tf.cond, to keep tracing cheap (except around Adam's fused dense update).
 
 Row-sparse updates use dynamic shapes (fast on CPU/GPU); with `static_shapes` (set under XLA:
-jit_compile or TPU) an equivalent static-shaped variant is used instead.
+jit_compile or TPU) an equivalent static-shaped variant is used instead. `apply_local` is the
+single-replica update `train.jit_compile: dense` splits: dense math inside XLA, row scatters after.
 With momentum 0 the velocity slot is not maintained (it would always equal the last step).
 """
 
@@ -90,6 +91,22 @@ class _Optimizer(tf.Module):
             grads, active = _sum_over_replicas(ctx, grads, active)
         # one packed argument: merge_call regroups it per replica whatever the replicas' values are
         ctx.merge_call(self._apply_cross_replica, args=((grads, active),))
+
+    def fuses(self, grad) -> bool:
+        """Whether this gradient's update is dense math that XLA compiles well (no scatter into a table)."""
+        return not isinstance(grad, tf.IndexedSlices)
+
+    @tf.autograph.experimental.do_not_convert
+    def apply_local(self, grads, active, count: bool = True):
+        """A single replica's update without the strategy machinery, skipping None gradients; under
+        `train.jit_compile: dense` it runs in two parts, the `fuses` ones inside XLA (counting the
+        step there) and the rest after it (count=False)."""
+        active = tf.cast(active, tf.float32)
+        if count:
+            _count_active(self.iterations, active)
+        for i, (g, v) in enumerate(zip(grads, self.variables_)):
+            if g is not None:
+                self._update(v, g, active, self.iterations, *(self.slots[s][i] for s in self.slot_names))
 
     @tf.autograph.experimental.do_not_convert
     def _apply_cross_replica(self, strategy, packed):
@@ -166,6 +183,9 @@ class AdagradMomentum(_Optimizer):
 
 class Adam(_Optimizer):
     slot_names = ("m", "v")
+
+    def fuses(self, grad) -> bool:
+        return True  # dense: a row gradient is scattered into a zero table first
 
     def __init__(self, variables, lr: float, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
         super().__init__(variables, name="adam")
