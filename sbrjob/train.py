@@ -104,15 +104,18 @@ class Trainer:
         self.jit = mode == "block"  # the whole block under XLA
         self.dense_jit = mode == "dense"  # each step's dense part under XLA (`_dense_part`)
         self.optimizer.static_shapes = self.jit or self._tpu
-        self._dense_step = tf.function(self._dense_part, jit_compile=True) if self.dense_jit else self._dense_part
-        self.train_block = tf.function(self._block, jit_compile=self.jit)
+        # autograph off: converting the model, loss and optimizer code was most of the tracing time,
+        # and the block's only tensor-dependent control flow is its explicit tf.while_loop
+        self._dense_step = tf.function(self._dense_part, jit_compile=True, autograph=False) if self.dense_jit \
+            else self._dense_part
+        self.train_block = tf.function(self._block, jit_compile=self.jit, autograph=False)
 
     def _compile_or_fall_back(self, *args):
         """`train.jit_compile: auto` chose XLA: compile on the first block; without XLA if that fails.
 
         A failed compile raises before the step's first update (the XLA part computes every update's
         input), so the block is simply run again."""
-        compiled = self.train_block = tf.function(self._block, jit_compile=self.jit)
+        compiled = self.train_block = tf.function(self._block, jit_compile=self.jit, autograph=False)
         try:
             out = compiled(*args)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
@@ -209,10 +212,14 @@ class Trainer:
             samples = self.sampler.draw_steps(tf.cast(self.cfg.seed + SAMPLE_SEED_OFFSET, tf.int64), first_step,
                                               self.block_steps)
             store = self.sampler.block_store(samples, first_step)
+        def body(t, state, sums):
+            state, sums = self.strategy.run(self._replica_step,
+                                            args=(block, state, sums, t, first_step + tf.cast(t, tf.int64)))
+            return t + 1, state, sums
+
         with store:
-            for t in tf.range(self.block_steps):
-                state, sums = self.strategy.run(self._replica_step,
-                                                args=(block, state, sums, t, first_step + tf.cast(t, tf.int64)))
+            _, state, sums = tf.while_loop(lambda t, state, sums: t < self.block_steps, body,
+                                           (tf.constant(0), state, sums), maximum_iterations=self.block_steps)
         return state, self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
 
