@@ -180,9 +180,10 @@ class Trainer:
 
         Tensors in and out (the sampler's draw is `extra`), so `train.jit_compile: dense` compiles it
         alone with XLA: the element-wise passes over the [b, C] scores fuse. There (single replica)
-        it also makes the updates whose math is dense (`optimizer.fuses`) and returns only the other
-        gradients, the row-sparse ones: their updates stay outside XLA, where dynamic shapes are
-        cheap and tables are scattered in place."""
+        it also makes the updates that compile well (`optimizer.fuses`: dense gradients, and item
+        tables small next to the step's rows, as one masked pass) and returns only the other
+        gradients, the row-sparse ones of large tables: their updates stay outside XLA, where
+        dynamic shapes are cheap and tables are scattered in place."""
         cfg = self.cfg
         seed = tf.cast(cfg.seed, tf.int64)
         variables = self.model.trainable_variables
@@ -195,8 +196,9 @@ class Trainer:
             loss = weighted / self.lanes  # summed over lanes / nominal batch size; replicas' grads are summed
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(tape.gradient(loss, variables), variables)]
         if self.dense_jit:
-            fused = [self.optimizer.fuses(g) for g in grads]
-            self.optimizer.apply_local([g if f else None for g, f in zip(grads, fused)], tf.reduce_sum(w))
+            fused = [self.optimizer.fuses(g, v) for g, v in zip(grads, variables)]
+            self.optimizer.apply_local([g if f else None for g, f in zip(grads, fused)], tf.reduce_sum(w),
+                                       whole_tables=True)
             grads = [None if f else g for g, f in zip(grads, fused)]
         return weighted, new_state, grads
 
