@@ -115,7 +115,9 @@ class _Optimizer(tf.Module):
             else:
                 self._update(v, g, active, self.iterations, *slots)
 
-    _update_table = None  # (var, row grad, active, iterations, *slots): an optimizer's masked whole-table update
+    def _update_table(self, var, grad, active, iterations, *slots):
+        """A row gradient's update as whole-table math for XLA; by default the optimizer's own update."""
+        self._update(var, grad, active, iterations, *slots)
 
     @tf.autograph.experimental.do_not_convert
     def _apply_cross_replica(self, strategy, packed):
