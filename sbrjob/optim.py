@@ -17,7 +17,8 @@ it is a select, not a tf.cond, to keep tracing cheap (except around Adam's fused
 
 Row-sparse updates use dynamic shapes (fast on CPU/GPU); with `static_shapes` (set under XLA:
 jit_compile or TPU) an equivalent static-shaped variant is used instead. `apply_local` is the
-single-replica update `train.jit_compile: dense` splits: dense math inside XLA, row scatters after.
+single-replica update `train.jit_compile: dense` splits: inside XLA the dense math and small item
+tables (one masked whole-table pass, `_update_table`), after it the row scatters of large tables.
 With momentum 0 the velocity slot is not maintained (it would always equal the last step).
 """
 

@@ -58,8 +58,8 @@ EpochHook = Callable[[int, dict], Union[bool, str, None]]  # (epoch, record) -> 
 
 def jit_choice(setting, single_device: bool) -> str:
     """What `train.jit_compile` compiles with XLA: "block" (the whole training block), "dense" (each
-    step's forward pass, loss, gradients and dense-gradient updates; the row-sparse updates stay
-    outside) or "off".
+    step's forward pass, loss, gradients and the updates that compile well, `optimizer.fuses`; the
+    row-sparse updates of large item tables stay outside) or "off".
 
     auto: on a single GPU the block (the ~400 small ops of a step become a few fused kernels); on a
     CPU the dense part (the whole block was measured ~10x slower there: the static-shape row-sparse
@@ -169,7 +169,7 @@ class Trainer:
             extra = self.sampler.draw(tf.stack([tf.cast(cfg.seed + SAMPLE_SEED_OFFSET, tf.int64), step]))
         active = tf.reduce_sum(w)
         weighted, new_state, grads = self._dense_step(x, y, batch_y, batch_w, w, state, step, offset, extra)
-        if self.dense_jit:  # the dense-gradient updates ran in the XLA part; the row-sparse ones run here
+        if self.dense_jit:  # the updates that compile well ran in the XLA part; the row-sparse ones run here
             self.optimizer.apply_local(grads, active, count=False)
         else:
             self.optimizer.apply(grads, active)
