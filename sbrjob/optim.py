@@ -223,12 +223,12 @@ class AdagradMomentum(_Optimizer):
 class Adam(_Optimizer):
     slot_names = ("m", "v")
 
-    def fuses(self, grad, var) -> bool:
-        return True  # dense: a row gradient is scattered into a zero table first
-
     def __init__(self, variables, lr: float, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
         super().__init__(variables, name="adam")
         self.lr, self.beta1, self.beta2, self.epsilon = lr, beta1, beta2, epsilon
+
+    def fuses(self, grad, var) -> bool:
+        return True  # dense: a row gradient is scattered into a zero table first
 
     @tf.autograph.experimental.do_not_convert
     def _update(self, var, grad, active, iterations, m, v):

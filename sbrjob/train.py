@@ -214,6 +214,7 @@ class Trainer:
             samples = self.sampler.draw_steps(tf.cast(self.cfg.seed + SAMPLE_SEED_OFFSET, tf.int64), first_step,
                                               self.block_steps)
             store = self.sampler.block_store(samples, first_step)
+
         def body(t, state, sums):
             state, sums = self.strategy.run(self._replica_step,
                                             args=(block, state, sums, t, first_step + tf.cast(t, tf.int64)))
