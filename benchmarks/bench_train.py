@@ -125,7 +125,8 @@ def time_sbrjob(name, strategy, session, items, n_items, work: Path, steps: int,
     return {"first_block_s": round(times[0], 3), "tracing_s": round(times[0] - statistics.median(times[1:]), 3),
             "ms_per_step": round(ms, 3), "events_per_s": round(per_step_events / ms * 1e3, 1),
             "steps": (len(times) - 1) * BLOCK_STEPS, "jit": bool(trainer.jit)
-            if hasattr(trainer, "jit") else bool(cfg.train.jit_compile)}
+            if hasattr(trainer, "jit") else bool(cfg.train.jit_compile),
+            "dense_jit": bool(getattr(trainer, "dense_jit", False))}
 
 
 # ------------------------------------------------------------------ the matmul limit
@@ -275,7 +276,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=640, help="steady-state steps timed per setting and round")
     ap.add_argument("--reference-budget", type=float, default=8.0, help="seconds of the tutorial loop per round")
     ap.add_argument("--no-tutorial", action="store_true", help="skip the tutorial reference loop")
-    ap.add_argument("--jit", default=None, help="override train.jit_compile (true/false/auto)")
+    ap.add_argument("--jit", default=None, help="override train.jit_compile (true/false/auto/dense)")
+    ap.add_argument("--compare-jit", default=None,
+                    help="also time this train.jit_compile value in every round (alternating order) and report "
+                         "the median per-round speed ratio against it")
     ap.add_argument("--profile", type=Path, default=None, help="write a profiler trace of one block per setting here")
     ap.add_argument("--json-line", action="store_true", help="print only one JSON line at the end")
     ap.add_argument("--quick", action="store_true", help="1 round of 320 steps")
@@ -283,9 +287,12 @@ def main() -> None:
     if args.quick:
         args.rounds, args.steps = 1, 320
     names = [s for s in args.settings.split(",") if s]
-    overrides = {}
+    overrides, other = {}, None
+    as_setting = lambda v: {"true": True, "false": False}.get(v.lower(), v)  # noqa: E731
     if args.jit is not None:
-        overrides["jit_compile"] = {"true": True, "false": False}.get(args.jit.lower(), args.jit)
+        overrides["jit_compile"] = as_setting(args.jit)
+    if args.compare_jit is not None:
+        other = {"jit_compile": as_setting(args.compare_jit)}
     say = (lambda *a, **k: None) if args.json_line else (lambda *a: print(*a, flush=True))
 
     strategy, kind = make_strategy("auto")
@@ -295,6 +302,7 @@ def main() -> None:
     results = {"device": device_name(), "strategy": kind, "tf": tf.__version__, "n_items": args.n_items,
                "events": int(len(items)), "rounds": args.rounds, "settings": {}}
     runs = {n: [] for n in names}
+    compared = {n: [] for n in names}
     ref = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -308,8 +316,18 @@ def main() -> None:
                                                 budget_s=args.reference_budget, max_steps=2000)
                     ref.append(rate)
                     say(f"round {r + 1} tutorial reference: {rate:,.0f} events/s ({n} steps)")
+                if other is not None and r % 2 == 1:
+                    compared[name].append(time_sbrjob(name, strategy, session, items, args.n_items, work,
+                                                      args.steps, other))
                 got = time_sbrjob(name, strategy, session, items, args.n_items, work, args.steps, overrides)
                 runs[name].append(got)
+                if other is not None and r % 2 == 0:
+                    compared[name].append(time_sbrjob(name, strategy, session, items, args.n_items, work,
+                                                      args.steps, other))
+                if other is not None:
+                    c = compared[name][-1]
+                    say(f"round {r + 1} sbrjob {name} with jit_compile {args.compare_jit}: {c['ms_per_step']:.3f} "
+                        f"ms/step; first block {c['first_block_s']:.2f} s (tracing {c['tracing_s']:.2f} s)")
                 say(f"round {r + 1} sbrjob {name}: {got['ms_per_step']:.3f} ms/step, {got['events_per_s']:,.0f} "
                     f"events/s steady; first block {got['first_block_s']:.2f} s (tracing {got['tracing_s']:.2f} s)")
         for name in names:
@@ -321,6 +339,11 @@ def main() -> None:
                    "rounds": runs[name], "limit": limit,
                    "fraction_of_limit": round(limit["limit_ms"] / ms, 3),
                    "fixed_ms_per_step": round(ms - limit["limit_ms"], 3)}
+            if other is not None:
+                row["compared"] = {"jit_compile": args.compare_jit, "rounds": compared[name],
+                                   "speedup": round(statistics.median(
+                                       c["ms_per_step"] / g["ms_per_step"] for c, g in zip(compared[name], runs[name])), 2),
+                                   "tracing_s": statistics.median(c["tracing_s"] for c in compared[name])}
             if name == "tutorial" and ref:
                 row["reference_events_per_s"] = round(statistics.median(ref), 1)
                 row["ratio_vs_reference"] = round(row["events_per_s"] / row["reference_events_per_s"], 2)
@@ -331,7 +354,9 @@ def main() -> None:
                 + f"): {100 * row['fraction_of_limit']:.0f}% of it, {row['fixed_ms_per_step']:.3f} ms/step beyond; "
                 f"tracing {row['tracing_s']:.2f} s"
                 + (f"; tutorial loop {row['reference_events_per_s']:,.0f} events/s -> {row['ratio_vs_reference']}x"
-                   if "ratio_vs_reference" in row else ""))
+                   if "ratio_vs_reference" in row else "")
+                + (f"; {row['compared']['speedup']}x the speed of jit_compile {args.compare_jit} (median per round)"
+                   if "compared" in row else ""))
         if args.profile:
             results["profile"] = {n: profile_block(n, strategy, session, items, args.n_items, work, args.profile)
                                   for n in names}

@@ -137,9 +137,12 @@ class TrainConfig:
     momentum: float = 0.0
     epochs: int = 5
     strategy: Literal["auto", "default", "mirrored", "multi_worker", "tpu"] = "auto"
-    # XLA for the training block: auto = on for a single GPU (falling back when XLA cannot compile the
-    # block), off on CPU (measured 10x slower there at the official settings); true/false force it
-    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    # XLA for training (single device): true = the whole block (measured 10x slower on CPU at the
+    # official settings), dense = each step's forward pass, loss, gradients and the updates that
+    # compile well (large item tables' row-sparse updates stay outside), false = none; auto = true on
+    # a GPU, dense on a CPU, falling back to none when XLA cannot compile. A speed setting only:
+    # resuming may change it.
+    jit_compile: Union[bool, Literal["auto", "dense"]] = "auto"
     # stop training after this many steps (whole blocks of export.block_steps), e.g. for a benchmark
     # or a smoke run; 0 = no cap, train all `epochs`
     max_steps: int = 0

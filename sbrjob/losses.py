@@ -131,22 +131,25 @@ def full_softmax_lane_losses(model, h, targets) -> tf.Tensor:
 
 
 def step_lane_losses(train_cfg, sampler: NegativeSampler | None, model, h, targets, batch_targets, batch_valid,
-                     offset, sample_seed) -> tf.Tensor:
+                     offset, sample_seed, extra=None) -> tf.Tensor:
     """One step's per-lane losses as configured.
 
     targets [b] are this replica's lanes; batch_targets/batch_valid [B] are the whole global batch's
-    targets and weight>0 flags (this replica's lanes start at `offset`).
+    targets and weight>0 flags (this replica's lanes start at `offset`). `extra`: the step's
+    negative samples when already drawn (else drawn here from `sample_seed`).
     """
     if train_cfg.loss == "softmax":
         return full_softmax_lane_losses(model, h, targets)
-    columns, valid, log_q = batch_targets, batch_valid, None
+    valid, log_q = batch_valid, None
     official = train_cfg.logq_form == "official"
     if train_cfg.loss == "xe":
         log_q = tf.gather(sampler.log_count if official else sampler.log_pop, batch_targets)
-    if sampler is not None and sampler.n_sample > 0:
+    if extra is None and sampler is not None and sampler.n_sample > 0:
         extra = sampler.draw(sample_seed)
+    columns = batch_targets
+    if extra is not None:
         columns = tf.concat([batch_targets, extra], axis=0)
-        valid = tf.concat([batch_valid, tf.ones([sampler.n_sample], tf.bool)], axis=0)
+        valid = tf.concat([batch_valid, tf.ones_like(extra, tf.bool)], axis=0)
         if log_q is not None:
             extra_q = sampler.alpha * tf.gather(sampler.log_count, extra) if official else \
                 tf.gather(sampler.log_q_sample, extra)

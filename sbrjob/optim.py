@@ -16,7 +16,9 @@ every lane is padding, so padding never moves a weight (momentum would otherwise
 it is a select, not a tf.cond, to keep tracing cheap (except around Adam's fused dense update).
 
 Row-sparse updates use dynamic shapes (fast on CPU/GPU); with `static_shapes` (set under XLA:
-jit_compile or TPU) an equivalent static-shaped variant is used instead.
+jit_compile or TPU) an equivalent static-shaped variant is used instead. `apply_local` is the
+single-replica update `train.jit_compile: dense` splits: inside XLA the dense math and small item
+tables (one masked whole-table pass, `_update_table`), after it the row scatters of large tables.
 With momentum 0 the velocity slot is not maintained (it would always equal the last step).
 """
 
@@ -91,6 +93,33 @@ class _Optimizer(tf.Module):
         # one packed argument: merge_call regroups it per replica whatever the replicas' values are
         ctx.merge_call(self._apply_cross_replica, args=((grads, active),))
 
+    def fuses(self, grad, var) -> bool:
+        """Whether this variable's update is dense math that XLA compiles well (no row scatter)."""
+        return not isinstance(grad, tf.IndexedSlices)
+
+    @tf.autograph.experimental.do_not_convert
+    def apply_local(self, grads, active, count: bool = True, whole_tables: bool = False):
+        """A single replica's update without the strategy machinery, skipping None gradients.
+
+        `train.jit_compile: dense` runs it in two parts: the `fuses` ones inside XLA (counting the
+        step there; `whole_tables`: row gradients update their table in one masked pass, see
+        `_update_table`) and the rest after it (count=False)."""
+        active = tf.cast(active, tf.float32)
+        if count:
+            _count_active(self.iterations, active)
+        for i, (g, v) in enumerate(zip(grads, self.variables_)):
+            if g is None:
+                continue
+            slots = tuple(self.slots[s][i] for s in self.slot_names)
+            if whole_tables and isinstance(g, tf.IndexedSlices):
+                self._update_table(v, g, active, self.iterations, *slots)
+            else:
+                self._update(v, g, active, self.iterations, *slots)
+
+    def _update_table(self, var, grad, active, iterations, *slots):
+        """A row gradient's update as whole-table math for XLA; by default the optimizer's own update."""
+        self._update(var, grad, active, iterations, *slots)
+
     @tf.autograph.experimental.do_not_convert
     def _apply_cross_replica(self, strategy, packed):
         grads, active = packed
@@ -129,10 +158,37 @@ def _count_active(iterations, active):
 
 class AdagradMomentum(_Optimizer):
     slot_names = ("accumulator", "velocity")
+    # a table of at most this many times the step's gradient rows is updated in one masked pass over
+    # all its rows inside XLA (measured 2.3x faster than the row-sparse ops at 2,807 table rows for
+    # 2,208 gradient rows, 1 thread; the pass grows with the table, the row-sparse ops with the rows)
+    WHOLE_TABLE_RATIO = 2
 
     def __init__(self, variables, lr: float, momentum: float = 0.0, epsilon: float = 1e-6):
         super().__init__(variables, name="adagrad_momentum")
         self.lr, self.momentum, self.epsilon = lr, momentum, epsilon
+
+    def fuses(self, grad, var) -> bool:
+        if not isinstance(grad, tf.IndexedSlices):
+            return True
+        rows, table = grad.indices.shape[0], var.shape[0]
+        return rows is not None and table <= self.WHOLE_TABLE_RATIO * rows
+
+    @tf.autograph.experimental.do_not_convert
+    def _update_table(self, var, grad, active, iterations, acc, vel):
+        """The row-sparse update as one masked pass over the whole table (static shapes, for XLA):
+        duplicate rows summed, and only rows with a non-zero summed gradient change, exactly the
+        rows `unique_touched_rows` keeps (padding-only rows and all-padding steps move nothing)."""
+        g = tf.math.unsorted_segment_sum(grad.values, grad.indices, tf.shape(var)[0])
+        touched = g != 0
+        if len(g.shape) > 1:
+            touched = tf.reduce_any(touched, axis=list(range(1, len(g.shape))), keepdims=True)
+        a = acc + tf.square(g)  # untouched rows: + 0, unchanged
+        acc.assign(a)
+        step = -self.lr * g / tf.sqrt(a + self.epsilon)
+        if self.momentum:
+            step = tf.where(touched, self.momentum * vel + step, vel)
+            vel.assign(step)
+        var.assign_add(tf.where(touched, step, tf.zeros_like(step)))
 
     @tf.autograph.experimental.do_not_convert
     def _update(self, var, grad, active, iterations, acc, vel):
@@ -170,6 +226,9 @@ class Adam(_Optimizer):
     def __init__(self, variables, lr: float, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-7):
         super().__init__(variables, name="adam")
         self.lr, self.beta1, self.beta2, self.epsilon = lr, beta1, beta2, epsilon
+
+    def fuses(self, grad, var) -> bool:
+        return True  # dense: a row gradient is scattered into a zero table first
 
     @tf.autograph.experimental.do_not_convert
     def _update(self, var, grad, active, iterations, m, v):

@@ -56,19 +56,24 @@ SAMPLE_SEED_OFFSET = 7919  # negative samples are seeded by (seed + this, step);
 EpochHook = Callable[[int, dict], Union[bool, str, None]]  # (epoch, record) -> stop? (a str says why)
 
 
-def jit_choice(setting, single_device: bool) -> bool:
-    """Whether the training block is compiled with XLA (`train.jit_compile`).
+def jit_choice(setting, single_device: bool) -> str:
+    """What `train.jit_compile` compiles with XLA: "block" (the whole training block), "dense" (each
+    step's forward pass, loss, gradients and the updates that compile well, `optimizer.fuses`; the
+    row-sparse updates of large item tables stay outside) or "off".
 
-    auto: on a single GPU yes (the ~400 small ops of a step become a few fused kernels, instead of
-    one launch each); on a CPU no (measured ~10x slower at the official settings: the static-shape
-    row-sparse update sorts and scatters every table); several replicas: no (TPUStrategy compiles
-    anyway). true/false force it on/off for a single device.
+    auto: on a single GPU the block (the ~400 small ops of a step become a few fused kernels); on a
+    CPU the dense part (the whole block was measured ~10x slower there: the static-shape row-sparse
+    update sorts and scatters every table; the dense part alone fuses the element-wise passes over
+    the [b, C] scores, see BENCHMARKS.md "Training speed (#15)"); several replicas: off (TPUStrategy
+    compiles anyway). true/dense/false force a choice for a single device.
     """
     if not single_device:
-        return False
+        return "off"
     if setting == "auto":
-        return bool(tf.config.list_logical_devices("GPU"))
-    return bool(setting)
+        return "block" if tf.config.list_logical_devices("GPU") else "dense"
+    if setting == "dense":
+        return "dense"
+    return "block" if setting else "off"
 
 
 class Trainer:
@@ -86,30 +91,40 @@ class Trainer:
         self.sampler = None if cfg.train.loss == "softmax" else \
             NegativeSampler(support, cfg.train.n_sample, cfg.train.sample_alpha)
         single = isinstance(strategy, type(tf.distribute.get_strategy())) and self.replicas == 1
-        self.jit = jit_choice(cfg.train.jit_compile, single)
-        if cfg.train.jit_compile is True and not single:
+        mode = jit_choice(cfg.train.jit_compile, single)
+        if cfg.train.jit_compile not in (False, "auto") and not single:
             log.info("train.jit_compile applies to single-device runs; TPUStrategy compiles with XLA anyway")
         self._tpu = isinstance(strategy, tf.distribute.TPUStrategy)
-        self.optimizer.static_shapes = self.jit or self._tpu
-        self.train_block = tf.function(self._block, jit_compile=self.jit)
-        if self.jit and cfg.train.jit_compile == "auto":  # the first call falls back if XLA cannot compile
-            self.train_block = self._compile_or_fall_back
         self._gather = None
+        self._set_jit(mode)
+        if mode != "off" and cfg.train.jit_compile == "auto":  # the first call falls back if XLA cannot compile
+            self.train_block = self._compile_or_fall_back
+
+    def _set_jit(self, mode: str) -> None:
+        self.jit = mode == "block"  # the whole block under XLA
+        self.dense_jit = mode == "dense"  # each step's dense part under XLA (`_dense_part`)
+        self.optimizer.static_shapes = self.jit or self._tpu
+        # autograph off: converting the model, loss and optimizer code was most of the tracing time,
+        # and the block's only tensor-dependent control flow is its explicit tf.while_loop
+        self._dense_step = tf.function(self._dense_part, jit_compile=True, autograph=False) if self.dense_jit \
+            else self._dense_part
+        self.train_block = tf.function(self._block, jit_compile=self.jit, autograph=False)
 
     def _compile_or_fall_back(self, *args):
-        """`train.jit_compile: auto` chose XLA: compile on the first block; without XLA if that fails."""
-        compiled = tf.function(self._block, jit_compile=True)
+        """`train.jit_compile: auto` chose XLA: compile on the first block; without XLA if that fails.
+
+        A failed compile raises before the step's first update (the XLA part computes every update's
+        input), so the block is simply run again."""
+        compiled = self.train_block = tf.function(self._block, jit_compile=self.jit, autograph=False)
         try:
             out = compiled(*args)
         except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as err:
             first = (str(err).strip().splitlines() or [""])[0][:200]
-            log.warning("train.jit_compile auto: XLA cannot compile the training block here (%s); "
-                        "training without XLA (set train.jit_compile: false to skip the attempt)", first)
-            self.jit = False
-            self.optimizer.static_shapes = self._tpu
-            compiled = tf.function(self._block)
-            out = compiled(*args)
-        self.train_block = compiled
+            log.warning("train.jit_compile auto: XLA cannot compile the training %s here (%s); "
+                        "training without XLA (set train.jit_compile: false to skip the attempt)",
+                        "block" if self.jit else "step's dense part", first)
+            self._set_jit("off")
+            out = self.train_block(*args)
         return out
 
     # -------------------------------------------------------------- hidden state <-> global tensors
@@ -149,19 +164,43 @@ class Trainer:
             batch_y, batch_w = ctx.all_gather(y, axis=0), ctx.all_gather(w, axis=0)
         else:
             batch_y, batch_w = y, w
+        extra = None
+        if self.sampler is not None and self.sampler.n_sample > 0:
+            extra = self.sampler.draw(tf.stack([tf.cast(cfg.seed + SAMPLE_SEED_OFFSET, tf.int64), step]))
+        active = tf.reduce_sum(w)
+        weighted, new_state, grads = self._dense_step(x, y, batch_y, batch_w, w, state, step, offset, extra)
+        if self.dense_jit:  # the updates that compile well ran in the XLA part; the row-sparse ones run here
+            self.optimizer.apply_local(grads, active, count=False)
+        else:
+            self.optimizer.apply(grads, active)
+        return [tf.stop_gradient(s) for s in new_state], sums + tf.stack([weighted, tf.reduce_sum(w)])
+
+    def _dense_part(self, x, y, batch_y, batch_w, w, state, step, offset, extra):
+        """One step's forward pass, loss and gradients: (weighted loss sum, new state, gradients).
+
+        Tensors in and out (the sampler's draw is `extra`), so `train.jit_compile: dense` compiles it
+        alone with XLA: the element-wise passes over the [b, C] scores fuse. There (single replica)
+        it also makes the updates that compile well (`optimizer.fuses`: dense gradients, and item
+        tables small next to the step's rows, as one masked pass) and returns only the other
+        gradients, the row-sparse ones of large tables: their updates stay outside XLA, where
+        dynamic shapes are cheap and tables are scattered in place."""
+        cfg = self.cfg
         seed = tf.cast(cfg.seed, tf.int64)
+        variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             h, new_state = self.model.step(x, state, training=True, dropout_seed=tf.stack([seed, step]),
                                            lanes=(offset, self.lanes))
             lane_loss = step_lane_losses(cfg.train, self.sampler, self.model, h, y, batch_y, batch_w > 0,
-                                         offset, tf.stack([seed + SAMPLE_SEED_OFFSET, step]))
+                                         offset, None, extra=extra)
             weighted = tf.reduce_sum(w * lane_loss)
             loss = weighted / self.lanes  # summed over lanes / nominal batch size; replicas' grads are summed
-        variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-        self.optimizer.apply(grads, tf.reduce_sum(w))
-        return [tf.stop_gradient(s) for s in new_state], sums + tf.stack([weighted, tf.reduce_sum(w)])
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(tape.gradient(loss, variables), variables)]
+        if self.dense_jit:
+            fused = [self.optimizer.fuses(g, v) for g, v in zip(grads, variables)]
+            self.optimizer.apply_local([g if f else None for g, f in zip(grads, fused)], tf.reduce_sum(w),
+                                       whole_tables=True)
+            grads = [None if f else g for g, f in zip(grads, fused)]
+        return weighted, new_state, grads
 
     def _block(self, block, state, first_step):
         """T steps in-graph; returns (new per-replica state, [sum of weighted lane losses, real lane-steps])."""
@@ -175,10 +214,15 @@ class Trainer:
             samples = self.sampler.draw_steps(tf.cast(self.cfg.seed + SAMPLE_SEED_OFFSET, tf.int64), first_step,
                                               self.block_steps)
             store = self.sampler.block_store(samples, first_step)
+
+        def body(t, state, sums):
+            state, sums = self.strategy.run(self._replica_step,
+                                            args=(block, state, sums, t, first_step + tf.cast(t, tf.int64)))
+            return t + 1, state, sums
+
         with store:
-            for t in tf.range(self.block_steps):
-                state, sums = self.strategy.run(self._replica_step,
-                                                args=(block, state, sums, t, first_step + tf.cast(t, tf.int64)))
+            _, state, sums = tf.while_loop(lambda t, state, sums: t < self.block_steps, body,
+                                           (tf.constant(0), state, sums), maximum_iterations=self.block_steps)
         return state, self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
 

@@ -149,3 +149,16 @@ def test_data_encoding_time_unit_and_drop_duplicates():
         load_config("movielens", ["data.time_unit=iso"])
     with pytest.raises(SbrjobError, match=r"data\.time_unit: 'msec' is not one of .*did you mean 'ms'"):
         load_config("tiny", ["data.time_unit=msec"])
+
+
+def test_jit_compile_takes_booleans_auto_and_dense_and_is_not_part_of_a_run_fingerprint():
+    from sbrjob import runs
+
+    assert load_config("tiny").train.jit_compile == "auto"
+    values = {v: load_config("tiny", [f"train.jit_compile={v}"]).train.jit_compile for v in ("dense", "true", "false")}
+    assert values == {"dense": "dense", "true": True, "false": False}
+    with pytest.raises(SbrjobError, match=r"train\.jit_compile: expected bool or one of auto\|dense"):
+        load_config("tiny", ["train.jit_compile=fast"])
+    manifest = {"data_digest": "d", "export_fingerprint": "e"}
+    assert runs.run_fingerprint(load_config("tiny", ["train.jit_compile=dense"]), manifest) == \
+        runs.run_fingerprint(load_config("tiny"), manifest)  # a speed setting: resuming may change it

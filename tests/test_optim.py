@@ -137,3 +137,36 @@ def test_mirrored_strategy_sums_replica_gradients_and_keeps_copies_identical():
         np.testing.assert_allclose(copy.numpy(), p, rtol=1e-5)
     for copy in strategy.experimental_local_results(bias):
         np.testing.assert_allclose(copy.numpy(), pb, rtol=1e-5)
+
+
+def test_whole_table_update_under_xla_equals_the_row_sparse_update():
+    """`train.jit_compile: dense` updates a small table in one masked pass inside XLA: duplicates summed,
+    only rows with a non-zero summed gradient move (momentum included), an all-padding step moves nothing."""
+    rng = np.random.default_rng(3)
+    init = rng.standard_normal((7, 3)).astype(np.float32)
+    steps = [(np.array([1, 4, 1, 6, 2], np.int32), rng.standard_normal((5, 3)).astype(np.float32)),
+             (np.array([4, 0, 4, 3, 3], np.int32), rng.standard_normal((5, 3)).astype(np.float32)),
+             (np.array([5, 5, 2, 1, 0], np.int32), np.zeros((5, 3), np.float32))]  # all padding
+    steps[1][1][3:] = 0.0  # row 3 gathered only by padded lanes: a zero summed gradient
+    bias_init = rng.standard_normal(7).astype(np.float32)
+    results = []
+    for whole in (False, True):
+        var, bias = tf.Variable(init), tf.Variable(bias_init)
+        opt = AdagradMomentum([var, bias], lr=LR, momentum=MU, epsilon=EPS)
+        assert opt.fuses(tf.IndexedSlices(tf.zeros([5, 3]), tf.zeros([5], tf.int32)), var)  # 7 <= 2 * 5
+        assert not opt.fuses(tf.IndexedSlices(tf.zeros([3, 3]), tf.zeros([3], tf.int32)), var)
+
+        @tf.function(jit_compile=whole)
+        def step(idx, values, active):
+            grads = [tf.IndexedSlices(values, idx, tf.shape(var)), tf.IndexedSlices(values[:, 0], idx, tf.shape(bias))]
+            opt.apply_local(grads, active, whole_tables=whole)
+
+        for idx, values in steps:
+            step(tf.constant(idx), tf.constant(values), tf.constant(float(np.any(values))))
+        results.append([var.numpy(), bias.numpy()] + [s.numpy() for n in opt.slot_names for s in opt.slots[n]])
+        assert int(opt.iterations.numpy()) == 2
+    for sparse, whole in zip(*results):
+        np.testing.assert_allclose(whole, sparse, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(results[1][0][3], init[3])  # zero summed gradient: not moved
+    velocity = results[1][4]
+    assert np.all(velocity[3] == 0) and np.any(velocity[4] != 0)

@@ -60,6 +60,7 @@ def frozen_trainer(tmp_path, lanes=3, steps=4):
     cfg = config(tmp_path, n_sample=2)
     trainer = train.Trainer(cfg, tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), lanes, steps)
     trainer.optimizer.apply = lambda grads, active: None  # freeze the weights: only the state moves
+    trainer.optimizer.apply_local = lambda *args, **kwargs: None  # (jit_compile dense: its two parts)
     return trainer
 
 
@@ -117,7 +118,8 @@ def test_mirrored_two_replicas_follow_the_single_replica_loss_trajectory(shards,
 
 
 def test_train_block_compiles_with_xla(shards, tmp_path):
-    plain = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
+    plain = train.Trainer(config(tmp_path, jit_compile=False), tf.distribute.get_strategy(), N_ITEMS,
+                          np.ones(N_ITEMS), 8, 8)
     xla = train.Trainer(config(tmp_path, jit_compile=True), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
     want, _ = block_losses(plain, tf.distribute.get_strategy(), str(shards / "train"), blocks=3)
     got, _ = block_losses(xla, tf.distribute.get_strategy(), str(shards / "train"), blocks=3)
@@ -179,14 +181,18 @@ def test_max_steps_caps_training_mid_epoch_and_the_run_counts_as_complete(shards
     assert tf.train.latest_checkpoint(str(tmp_path / "run/checkpoints/last")) == last
 
 
-def test_jit_compile_auto_is_off_on_cpu_and_falls_back_when_xla_cannot_compile(shards, tmp_path, monkeypatch,
-                                                                               caplog):
+def test_jit_compile_auto_is_dense_on_cpu_and_falls_back_when_xla_cannot_compile(shards, tmp_path, monkeypatch,
+                                                                                 caplog):
     assert not tf.config.list_logical_devices("GPU")
-    assert train.jit_choice("auto", True) is False and train.jit_choice(True, True) is True
-    assert train.jit_choice(True, False) is False  # several replicas: no jit_compile
-    plain = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
-    assert plain.jit is False
-    monkeypatch.setattr(train, "jit_choice", lambda setting, single: True)  # as on a GPU
+    assert train.jit_choice("auto", True) == "dense" and train.jit_choice(True, True) == "block"
+    assert train.jit_choice("dense", True) == "dense" and train.jit_choice(False, True) == "off"
+    assert train.jit_choice(True, False) == "off" and train.jit_choice("auto", False) == "off"  # several replicas
+    plain = train.Trainer(config(tmp_path, jit_compile=False), tf.distribute.get_strategy(), N_ITEMS,
+                          np.ones(N_ITEMS), 8, 8)
+    assert plain.jit is False and plain.dense_jit is False
+    dense = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
+    assert dense.dense_jit and not dense.jit and not dense.optimizer.static_shapes
+    monkeypatch.setattr(train, "jit_choice", lambda setting, single: "block")  # as on a GPU
     auto = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
     assert auto.jit and auto.optimizer.static_shapes
     block = auto._block
@@ -201,3 +207,54 @@ def test_jit_compile_auto_is_off_on_cpu_and_falls_back_when_xla_cannot_compile(s
         got, _ = block_losses(auto, tf.distribute.get_strategy(), str(shards / "train"), blocks=2)
     assert "XLA cannot compile" in caplog.text and not auto.jit and not auto.optimizer.static_shapes
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_dense_xla_part_falls_back_when_xla_cannot_compile_it(shards, tmp_path, caplog):
+    plain = train.Trainer(config(tmp_path, jit_compile=False), tf.distribute.get_strategy(), N_ITEMS,
+                          np.ones(N_ITEMS), 8, 8)
+    auto = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
+    assert auto.dense_jit
+    part = auto._dense_part
+
+    def uncompilable(*args):
+        tf.py_function(lambda: 0.0, [], tf.float32)
+        return part(*args)
+
+    auto._dense_part = uncompilable
+    auto._set_jit("dense")
+    auto.train_block = auto._compile_or_fall_back
+    want, _ = block_losses(plain, tf.distribute.get_strategy(), str(shards / "train"), blocks=2)
+    with caplog.at_level("WARNING", logger="sbrjob.train"):
+        got, _ = block_losses(auto, tf.distribute.get_strategy(), str(shards / "train"), blocks=2)
+    assert "XLA cannot compile the training step's dense part" in caplog.text and not auto.dense_jit
+    np.testing.assert_array_equal(got, want)  # the failed first try moved nothing
+    np.testing.assert_array_equal(auto.model.Wy.numpy(), plain.model.Wy.numpy())
+
+
+@pytest.mark.parametrize("setting", [
+    {"loss": "bpr-max", "bpreg": 1.0, "model": {"layers": [24], "dropout_embedding": 0.2, "dropout_hidden": 0.1,
+                                                "final_activation": "elu"}},
+    {"loss": "xe", "model": {"layers": [24], "input": "embedding", "embedding_dim": 12}},
+    {"loss": "softmax", "optimizer": "adam", "lr": 0.01, "model": {"layers": [16], "input": "onehot"}},
+], ids=["bpr-max-shared", "xe-embedding", "softmax-onehot-adam"])
+def test_dense_xla_part_trains_as_the_plain_graph_and_deterministically(shards, tmp_path, setting):
+    """`jit_compile: dense`: XLA fuses the forward pass, loss, gradients and dense updates, the row-sparse
+    updates stay outside; same losses and weights as without XLA up to float rounding, and the same
+    numbers again for the same config and seed."""
+    def run(jit):
+        trainer = train.Trainer(config(tmp_path, jit_compile=jit, **dict(setting)), tf.distribute.get_strategy(),
+                                N_ITEMS, np.arange(1, N_ITEMS + 1), 8, 8)
+        assert trainer.dense_jit == (jit == "dense")
+        losses, _ = block_losses(trainer, tf.distribute.get_strategy(), str(shards / "train"), blocks=4)
+        slots = [s.numpy() for name in trainer.optimizer.slot_names for s in trainer.optimizer.slots[name]]
+        return losses, [v.numpy() for v in trainer.model.trainable_variables], slots, trainer
+    want, want_vars, want_slots, _ = run(False)
+    got, got_vars, got_slots, dense = run("dense")
+    again, again_vars, _, _ = run("dense")
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    for a, b in zip(got_vars + got_slots, want_vars + want_slots):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    np.testing.assert_array_equal(again, got)
+    for a, b in zip(again_vars, got_vars):
+        np.testing.assert_array_equal(a, b)
+    assert int(dense.optimizer.iterations.numpy()) == 4 * 8
