@@ -56,7 +56,10 @@ SAMPLE_SEED_OFFSET = 7919  # negative samples are seeded by (seed + this, step);
 EpochHook = Callable[[int, dict], Union[bool, str, None]]  # (epoch, record) -> stop? (a str says why)
 
 
-def jit_choice(setting, single_device: bool) -> str:
+DENSE_MIN_WORK = 10**8  # planned steps x scored cells per step below which auto skips the XLA compile
+
+
+def jit_choice(setting, single_device: bool, work: Optional[int] = None) -> str:
     """What `train.jit_compile` compiles with XLA: "block" (the whole training block), "dense" (each
     step's forward pass, loss, gradients and the updates that compile well, `optimizer.fuses`; the
     row-sparse updates of large item tables stay outside) or "off".
@@ -64,13 +67,18 @@ def jit_choice(setting, single_device: bool) -> str:
     auto: on a single GPU the block (the ~400 small ops of a step become a few fused kernels); on a
     CPU the dense part (the whole block was measured ~10x slower there: the static-shape row-sparse
     update sorts and scatters every table; the dense part alone fuses the element-wise passes over
-    the [b, C] scores, see BENCHMARKS.md "Training speed (#15)"); several replicas: off (TPUStrategy
-    compiles anyway). true/dense/false force a choice for a single device.
+    the [b, C] scores, see BENCHMARKS.md "Training speed (#15)") when the run is long enough to repay
+    its ~2-3 s compile: `work` (planned steps x scored cells per step; None = long enough) of at
+    least DENSE_MIN_WORK, about 600 steps at the official setting, so tiny and smoke runs skip it;
+    several replicas: off (TPUStrategy compiles anyway). true/dense/false force a choice for a single
+    device.
     """
     if not single_device:
         return "off"
     if setting == "auto":
-        return "block" if tf.config.list_logical_devices("GPU") else "dense"
+        if tf.config.list_logical_devices("GPU"):
+            return "block"
+        return "dense" if work is None or work >= DENSE_MIN_WORK else "off"
     if setting == "dense":
         return "dense"
     return "block" if setting else "off"
@@ -80,7 +88,7 @@ class Trainer:
     """Model, optimizer, negative sampler and the compiled block function for one strategy."""
 
     def __init__(self, cfg: JobConfig, strategy: tf.distribute.Strategy, n_items: int, support: np.ndarray,
-                 lanes: int, block_steps: int):
+                 lanes: int, block_steps: int, planned_steps: Optional[int] = None):
         self.cfg, self.strategy = cfg, strategy
         self.replicas = strategy.num_replicas_in_sync
         check_layout(lanes, 1, self.replicas)
@@ -91,7 +99,8 @@ class Trainer:
         self.sampler = None if cfg.train.loss == "softmax" else \
             NegativeSampler(support, cfg.train.n_sample, cfg.train.sample_alpha)
         single = isinstance(strategy, type(tf.distribute.get_strategy())) and self.replicas == 1
-        mode = jit_choice(cfg.train.jit_compile, single)
+        cells = lanes * (n_items if cfg.train.loss == "softmax" else lanes + cfg.train.n_sample)
+        mode = jit_choice(cfg.train.jit_compile, single, None if planned_steps is None else planned_steps * cells)
         if cfg.train.jit_compile not in (False, "auto") and not single:
             log.info("train.jit_compile applies to single-device runs; TPUStrategy compiles with XLA anyway")
         self._tpu = isinstance(strategy, tf.distribute.TPUStrategy)
@@ -367,7 +376,9 @@ def fit(cfg: JobConfig, strategy, kind: str, train_dir: str, n_items: int, suppo
     hooks = _hooks(on_epoch_end)
     manifest = read_manifest(train_dir)
     chief = is_chief()
-    trainer = Trainer(cfg, strategy, n_items, support, manifest["lanes"], manifest["block_steps"])
+    planned = manifest["steps"] * cfg.train.epochs
+    trainer = Trainer(cfg, strategy, n_items, support, manifest["lanes"], manifest["block_steps"],
+                      planned_steps=min(planned, cfg.train.max_steps) if cfg.train.max_steps else planned)
     progress = Progress(manifest["lanes"], list(cfg.model.layers))
     checkpoints = Checkpoints(cfg, tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
                                                        progress=progress))

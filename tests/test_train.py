@@ -187,12 +187,19 @@ def test_jit_compile_auto_is_dense_on_cpu_and_falls_back_when_xla_cannot_compile
     assert train.jit_choice("auto", True) == "dense" and train.jit_choice(True, True) == "block"
     assert train.jit_choice("dense", True) == "dense" and train.jit_choice(False, True) == "off"
     assert train.jit_choice(True, False) == "off" and train.jit_choice("auto", False) == "off"  # several replicas
+    # a run too short to repay the compile (a smoke run) skips it; a forced choice does not
+    assert train.jit_choice("auto", True, work=train.DENSE_MIN_WORK - 1) == "off"
+    assert train.jit_choice("auto", True, work=train.DENSE_MIN_WORK) == "dense"
+    assert train.jit_choice("dense", True, work=1) == "dense"
+    short = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8,
+                          planned_steps=10)
+    assert not short.dense_jit and not short.jit
     plain = train.Trainer(config(tmp_path, jit_compile=False), tf.distribute.get_strategy(), N_ITEMS,
                           np.ones(N_ITEMS), 8, 8)
     assert plain.jit is False and plain.dense_jit is False
     dense = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
     assert dense.dense_jit and not dense.jit and not dense.optimizer.static_shapes
-    monkeypatch.setattr(train, "jit_choice", lambda setting, single: "block")  # as on a GPU
+    monkeypatch.setattr(train, "jit_choice", lambda setting, single, work=None: "block")  # as on a GPU
     auto = train.Trainer(config(tmp_path), tf.distribute.get_strategy(), N_ITEMS, np.ones(N_ITEMS), 8, 8)
     assert auto.jit and auto.optimizer.static_shapes
     block = auto._block
