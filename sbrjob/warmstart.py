@@ -17,12 +17,13 @@ of a new run (`train.fit(init_from=...)`): a resumed run restores its own checkp
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from typing import Optional
 
 import numpy as np
 
-from sbrjob import runs
+from sbrjob import runs, storage
 from sbrjob.config import JobConfig
 from sbrjob.errors import SbrjobError
 
@@ -65,10 +66,6 @@ class Source:
 def final_model_dir(run_dir: str) -> str:
     """The run that holds `run_dir`'s final model: its refit (`train.refit`, RUN/refit) once that is
     done, else the run itself. Yesterday's model in the nightly pattern is what yesterday shipped."""
-    import json
-
-    from sbrjob import storage
-
     run = runs.Run(run_dir)
     try:
         refit = json.loads(storage.read_text(run.metrics_path)).get("refit") or {}

@@ -109,7 +109,9 @@ def test_mirrored_two_replicas_follow_the_single_replica_loss_trajectory(shards,
     want, _ = block_losses(single, tf.distribute.get_strategy(), str(shards / "train"))
     got, state = block_losses(mirrored, mirrored_strategy, str(shards / "train"))
     np.testing.assert_allclose(got, want, rtol=2e-5)
-    np.testing.assert_allclose(mirrored.model.Wy.numpy(), single.model.Wy.numpy(), rtol=1e-4, atol=1e-6)
+    # the one device runs its step under XLA (jit_compile auto = dense on a CPU), the replicas the plain
+    # graph: sums are reordered, so weights of size ~1 agree to float32 rounding over the block, ~1e-6
+    np.testing.assert_allclose(mirrored.model.Wy.numpy(), single.model.Wy.numpy(), rtol=1e-4, atol=1e-5)
     # hidden states survive the gather (checkpoint) / redistribute (resume) round trip
     gathered = mirrored.gather_state(state)
     assert gathered[0].shape == (8, 24)
