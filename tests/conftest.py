@@ -2,8 +2,13 @@
 
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -35,6 +40,23 @@ from sbrjob.cli import run
 sys.argv = ["sbrjob"] + sys.argv[1:]
 run()
 """
+
+
+def kill_9_when(script: str, args: list, env: dict, ready: Callable[[], bool], timeout: float = 240) -> None:
+    """Run `python -c script ARGS` in the repository and kill -9 it as soon as `ready()` holds
+    (polled every 20 ms); fails when the process ends before that."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.02)
+        assert proc.poll() is None, f"finished or died before the kill: {proc.stderr.read()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def shared_path(*parts: str) -> Path:

@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from sbrjob.errors import SbrjobError
 from sbrjob.runs import load_trained
 from sbrjob.stages import train_stage
 
-from conftest import slow_cli
+from conftest import kill_9_when, slow_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["train.checkpoint_every_steps=8", "train.epochs=2", "train.keep_checkpoints=2"]
@@ -51,21 +50,12 @@ def test_kill_9_mid_epoch_and_rerun_gives_the_same_metrics(uninterrupted, tmp_pa
         shutil.copytree(whole / stage, out / stage)
     steps_per_epoch = json.loads((whole / "shards/train/manifest.json").read_text())["steps"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI] + cli_args(out), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = checkpoint_steps(out) if (out / "checkpoints/last").is_dir() else []
-            if done and steps_per_epoch + 40 <= done[-1] < 2 * steps_per_epoch - 40:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"finished or died before the kill: {proc.stderr.read()[-2000:]}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def in_epoch_2() -> bool:
+        done = checkpoint_steps(out) if (out / "checkpoints/last").is_dir() else []
+        return bool(done) and steps_per_epoch + 40 <= done[-1] < 2 * steps_per_epoch - 40
+
+    kill_9_when(SLOW_CLI, cli_args(out), env, in_epoch_2)
     partial = json.loads((out / "metrics.json").read_text())
     assert partial["status"] == "training" and len(partial["epochs"]) == 1  # killed in epoch 2
     # the last checkpoint the manager committed (its `checkpoint` file): a kill while the next one was

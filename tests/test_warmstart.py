@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from sbrjob.config import load_config
 from sbrjob.model import GRU4Rec
 from sbrjob.runs import Prepared
 from sbrjob.stages import train_stage
-from tests.conftest import cli, slow_cli
+from tests.conftest import cli, kill_9_when, slow_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DAY0 = pd.Timestamp("2020-01-01", tz="UTC").timestamp()
@@ -141,21 +139,12 @@ def test_a_warm_started_run_resumes_after_kill_9_like_any_other(source, warm, tm
         args += ["--set", s]
     steps = json.loads((Path(cfg.output_dir) / "shards/train/manifest.json").read_text())["steps"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI] + args, cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and proc.poll() is None:
-            done = sorted(int(p.name[5:-6]) for p in (out / "checkpoints/last").glob("ckpt-*.index"))
-            if done and done[-1] >= 16 and done[-1] % steps and done[-1] < 2 * steps - 16:  # mid-epoch
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, f"finished or died before the kill: {proc.stderr.read()[-2000:]}"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def mid_epoch() -> bool:
+        done = sorted(int(p.name[5:-6]) for p in (out / "checkpoints/last").glob("ckpt-*.index"))
+        return bool(done) and done[-1] >= 16 and done[-1] % steps != 0 and done[-1] < 2 * steps - 16
+
+    kill_9_when(SLOW_CLI, args, env, mid_epoch)
     assert json.loads((out / "init_from.json").read_text())["items"] == want["init_from"]["items"]
     rerun = subprocess.run([sys.executable, "-m", "sbrjob"] + args, cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=300)
