@@ -45,11 +45,19 @@ VARIANTS = {
     "xe-official-shape": ["model.layers=[224]", "export.batch_size=80", "model.dropout_embedding=0.5",
                           "model.dropout_hidden=0.05", "train.lr=0.05", "train.momentum=0.4",
                           "train.sample_alpha=0.4", "train.n_sample=2048"],
+    # round 2 (issue #14): more epochs (the 5-epoch runs were best at their last epoch everywhere),
+    # full softmax on these small catalogues, and the official settings chosen on valid + refit
+    "shipped-10ep": ["train.epochs=10"],
+    "softmax-10ep": ["train.loss=softmax", "train.epochs=10"],
     # refit, judged without the test split: the valid period is scored as "test" (split.drop_test);
     # compare the row's test (train only, best epoch on the inner valid) with its refit_test
     "refit-check": ["split.drop_test=true", "train.refit=true"],
     # the official README command (RetailRocket example), 10 epochs, read at the last epoch too
     "official": {"config": "reference/movielens-bprmax", "last": True},
+    # the official settings chosen on valid and refit: trains only the refit, in the finished
+    # `official` run directory (a finished run continues with the added refit)
+    "official-refit": {"config": "reference/movielens-bprmax", "last": True, "dir": "official",
+                       "set": ["train.refit=true"]},
     "official-linear": {"config": "reference/movielens-bprmax", "last": True,
                         "set": ["model.final_activation=linear"]},
 }
@@ -91,7 +99,7 @@ def _regime_data(regime: str) -> list[str]:
 
 
 def run_one(regime: str, variant: str, root: Path, extra: list[str]) -> dict:
-    out = root / regime / variant
+    out = root / regime / _variant(variant).get("dir", variant)
     cmd = [sys.executable, "-m", "sbrjob", "train", *_args_for(regime, variant),
            "--set", f"output_dir={out}", *extra]
     t0 = time.time()

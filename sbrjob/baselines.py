@@ -106,6 +106,12 @@ class Chunk:
         out[np.arange(len(self.item)), self.item] = values
         return out
 
+    def seen(self, n_items: int) -> np.ndarray:
+        """Bool [predictions, n_items]: the items of each prediction's prefix (`eval.exclude_seen`)."""
+        counts = np.cumsum(self.one_hot(n_items, np.ones(len(self.item), np.float32)), axis=0)
+        before = np.where((self.first > 0)[:, None], counts[np.maximum(self.first - 1, 0)], 0.0)
+        return counts[self.rows] - before > 0
+
 
 def chunks(sessions: Sessions, n_items: int, cells: int = CHUNK_CELLS) -> Iterator[Chunk]:
     """Groups of whole sessions whose dense [events, n_items] work area stays near `cells`."""
@@ -281,12 +287,17 @@ def make_baseline(name: str, ev: EvalConfig):
     raise SbrjobError(f"eval.baselines: unknown baseline {name!r}; use pop, spop, itemknn, vsknn")
 
 
-def evaluate_baseline(model, test: Sessions, metrics: RankingMetrics, bar: Bar | None = None) -> RankingMetrics:
-    """Score every (prefix, next item) pair of `test` with a fitted baseline into `metrics`."""
+def evaluate_baseline(model, test: Sessions, metrics: RankingMetrics, bar: Bar | None = None,
+                      exclude_seen: bool = False) -> RankingMetrics:
+    """Score every (prefix, next item) pair of `test` with a fitted baseline into `metrics`
+    (with `exclude_seen`, the prefix's items score -inf, as in `evaluate.evaluate_blocks`)."""
     done = 0
     for chunk in chunks(test, metrics.n_items):
         if len(chunk.rows):
-            metrics.add(np.ascontiguousarray(model.score(chunk), np.float32), chunk.targets)
+            scores = np.ascontiguousarray(model.score(chunk), np.float32)
+            if exclude_seen:
+                scores[chunk.seen(metrics.n_items)] = -np.inf
+            metrics.add(scores, chunk.targets)
             done += len(chunk.rows)
             if bar is not None:
                 bar.update(done)
@@ -319,7 +330,7 @@ def run_baselines(ev: EvalConfig, train: Sessions, test: Sessions, support: np.n
         model = make_baseline(name, ev).fit(train, n_items)
         bar = Bar(f"baselines {name}", test.pairs, "test events")
         metrics = evaluate_baseline(model, test, RankingMetrics(n_items, ev.cutoffs, ev.ties, support,
-                                                                ev.beyond_accuracy), bar)
+                                                                ev.beyond_accuracy), bar, ev.exclude_seen)
         bar.close()
         if metrics.events != test.pairs:
             raise SbrjobError(f"{name}: evaluated {metrics.events} events, the test split has {test.pairs} pairs")

@@ -164,6 +164,10 @@ class EvalConfig:
     metric: str = "mrr@20"  # selects the best checkpoint (and what `tune` optimises)
     # coverage@K and popularity@K need a top-K list per prediction (about a third of evaluation time)
     beyond_accuracy: bool = True
+    # leave the items a session already holds out of its ranking, as `sbrjob recommend` does by
+    # default; for data that never repeats an item in a session (MovieLens: one rating per movie).
+    # Off = the official GRU4Rec protocol (every item ranked)
+    exclude_seen: bool = False
     # `sbrjob baselines`: which ones, on the same splits with the same metrics
     baselines: list[Literal["pop", "spop", "itemknn", "vsknn"]] = field(
         default_factory=lambda: ["pop", "spop", "itemknn", "vsknn"])
@@ -557,6 +561,7 @@ ADDED_KEYS = {
     ("train", "logq_form"): "normalized",
     ("split", "drop_test"): False,
     ("split", "merge_valid"): False,
+    ("eval", "exclude_seen"): False,
 }
 
 

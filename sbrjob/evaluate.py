@@ -28,7 +28,7 @@ from sbrjob.progress import Bar
 SCORE_CELLS = 1 << 22  # rows scored at once x n_items: 16 MB of float32 scores
 
 
-def _block_runner(model, metrics: RankingMetrics):
+def _block_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
     """Compiled functions that turn blocks into metric totals: `run_block(block, state, pending,
     table)` and `flush(pending)`.
 
@@ -40,6 +40,9 @@ def _block_runner(model, metrics: RankingMetrics):
     kernel pass per row, outside XLA). Scoring does not feed back into the recurrence, so a call
     scores the full slices queued by earlier blocks while this block's recurrence runs: TF runs
     the two at once, and slices stay full whatever the padding of a block.
+
+    With `exclude_seen` the last entry of `state` is a [lanes, n_items] mask of the items each
+    lane's session has fed so far, and every queued event carries its row: those items score -inf.
     """
     rows = max(1, SCORE_CELLS // metrics.n_items)
 
@@ -47,35 +50,49 @@ def _block_runner(model, metrics: RankingMetrics):
     def advance(inputs, reset, weight, state, table):
         steps = tf.shape(inputs)[1]
         hidden = tf.TensorArray(tf.float32, size=steps)
+        masks = tf.TensorArray(tf.bool, size=steps if exclude_seen else 0)
         step_kw = {} if table is None else {"input_table": table}
+        seen = state[-1] if exclude_seen else tf.zeros([], tf.bool)  # (autograph: no None loop variables)
+        state = state[:-1] if exclude_seen else state
         for t in tf.range(steps):
             keep = 1.0 - reset[:, t][:, None]  # a session starts: zero its state
             h, new = model.step(inputs[:, t], [s * keep for s in state], training=False, **step_kw)
             real = weight[:, t][:, None] > 0
             state = [tf.where(real, n, s) for s, n in zip(state, new)]
             hidden = hidden.write(t, tf.cast(h, tf.float32))
-        return hidden.stack(), state  # [T, lanes, H]
+            if exclude_seen:
+                fed = tf.one_hot(inputs[:, t], metrics.n_items, on_value=True, off_value=False, dtype=tf.bool)
+                seen = tf.logical_or(tf.logical_and(seen, keep > 0), tf.logical_and(fed, real))
+                masks = masks.write(t, seen)
+        if exclude_seen:
+            return hidden.stack(), state + [seen], masks.stack()  # [T, lanes, H], state, [T, lanes, n_items]
+        return hidden.stack(), state, None
 
-    scores = tf.function(model.item_scores, jit_compile=True)
+    @tf.function(jit_compile=True)
+    def scores(h, mask=None):
+        s = model.item_scores(h)
+        return s if mask is None else tf.where(mask, tf.constant(-np.inf, s.dtype), s)
 
-    def score_full_slices(h, target, weight):
+    def score_full_slices(h, target, weight, mask=None):
         acc = metrics.initial()
         for lo in tf.range(0, tf.shape(target)[0] // rows * rows, rows):
-            acc = metrics.update(acc, scores(h[lo:lo + rows]), target[lo:lo + rows], weight[lo:lo + rows])
+            m = None if mask is None else mask[lo:lo + rows]
+            acc = metrics.update(acc, scores(h[lo:lo + rows], m), target[lo:lo + rows], weight[lo:lo + rows])
         return acc
 
     @tf.function(reduce_retracing=True)
     def run_block(block, state, pending, table):
-        h, target, weight = pending
-        acc = score_full_slices(h, target, weight)
-        hidden, state = advance(block["input"], block["reset"], block["weight"], state, table)
+        acc = score_full_slices(*pending)
+        hidden, state, masks = advance(block["input"], block["reset"], block["weight"], state, table)
         step_major = lambda x: tf.reshape(tf.transpose(x), [-1])  # noqa: E731 (hidden is [T, lanes])
         w = step_major(block["weight"])
         real = tf.where(w > 0)[:, 0]
-        done = tf.shape(target)[0] // rows * rows
-        pending = (tf.concat([h[done:], tf.gather(tf.reshape(hidden, [-1, hidden.shape[-1]]), real)], 0),
-                   tf.concat([target[done:], tf.gather(step_major(block["target"]), real)], 0),
-                   tf.concat([weight[done:], tf.gather(w, real)], 0))
+        done = tf.shape(pending[1])[0] // rows * rows
+        new = (tf.gather(tf.reshape(hidden, [-1, hidden.shape[-1]]), real), tf.gather(step_major(block["target"]), real),
+               tf.gather(w, real))
+        if exclude_seen:
+            new += (tf.gather(tf.reshape(masks, [-1, metrics.n_items]), real),)
+        pending = tuple(tf.concat([old[done:], add], 0) for old, add in zip(pending, new))
         return acc, state, pending
 
     def flush(pending):  # eager, once per evaluation: reuses the slice programs run_block traced
@@ -88,17 +105,17 @@ def _block_runner(model, metrics: RankingMetrics):
 _RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _cached_runner(model, metrics: RankingMetrics):
+def _cached_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
     """One compiled runner per (model, metric settings): evaluating every epoch compiles once."""
     popularity = None if metrics.popularity is None else metrics.popularity.numpy().tobytes()
     key = (metrics.n_items, tuple(metrics.cutoffs), metrics.ties, metrics.beyond_accuracy, metrics.cpu_kernel,
-           popularity, SCORE_CELLS)
+           popularity, SCORE_CELLS, exclude_seen)
     try:
         per_model = _RUNNERS.setdefault(model, {})
     except TypeError:  # not weak-referenceable: no caching
-        return _block_runner(model, metrics)
+        return _block_runner(model, metrics, exclude_seen)
     if key not in per_model:
-        per_model[key] = _block_runner(model, metrics)
+        per_model[key] = _block_runner(model, metrics, exclude_seen)
     return per_model[key]
 
 
@@ -126,21 +143,27 @@ def _evaluation_model(model):
     return twin
 
 
-def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar: Optional[Bar] = None) -> RankingMetrics:
+def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar: Optional[Bar] = None,
+                    exclude_seen: bool = False) -> RankingMetrics:
     """Run `model` over session-parallel blocks in step order, adding every prediction to `metrics`.
 
     Blocks are dicts of `[lanes, T]` tensors (`input`, `target` int32; `reset`, `weight` float32),
     consecutive in time for the same lanes; the state starts at zero and is carried across blocks.
+    `exclude_seen`: the items a session has already fed are left out of its rankings (`eval.exclude_seen`).
     """
     model = _evaluation_model(model)
-    run_block, flush = _cached_runner(model, metrics)
+    run_block, flush = _cached_runner(model, metrics, exclude_seen)
     table = model.input_table() if hasattr(model, "input_table") else None  # today's weights
     state = pending = None
     for done, block in enumerate(blocks, start=1):
         if state is None:
-            state = model.initial_state(int(block["input"].shape[0]))
+            lanes = int(block["input"].shape[0])
+            state = model.initial_state(lanes)
             width = int(state[-1].shape[-1])
             pending = (tf.zeros([0, width]), tf.zeros([0], tf.int32), tf.zeros([0]))
+            if exclude_seen:
+                state = state + [tf.zeros([lanes, metrics.n_items], tf.bool)]
+                pending += (tf.zeros([0, metrics.n_items], tf.bool),)
         acc, state, pending = run_block(block, state, pending, table)
         metrics.merge(acc)
         if bar is not None:
@@ -170,7 +193,7 @@ def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optiona
     wide = eval_cfg.beyond_accuracy if beyond_accuracy is None else beyond_accuracy
     metrics = RankingMetrics(n_items, eval_cfg.cutoffs, eval_cfg.ties, item_support=support, beyond_accuracy=wide)
     bar = Bar(label, manifest["blocks"], "blocks") if label else None
-    evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics, bar)
+    evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics, bar, eval_cfg.exclude_seen)
     if bar is not None:
         bar.close()
     if metrics.events != manifest["pairs"]:

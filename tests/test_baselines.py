@@ -126,3 +126,23 @@ def test_comparison_table_lists_every_method():
     table = comparison_table(rows, [1])
     assert "| gru4rec | 3 | 0.5000 | 0.5000 |" in table
     assert "| pop | 3 | 0.2500 | - |" in table
+
+
+def test_exclude_seen_ranks_pop_without_the_prefix_items():
+    # pop scores [2, 3, 3, 1, 0]; prefixes [2] -> 1, [2, 1] -> 2, [2, 1, 2] -> 0
+    model = Pop().fit(TRAIN, N)
+    r = evaluate_baseline(model, TEST, RankingMetrics(N, (1, 2), "conservative"), exclude_seen=True).result()
+    # [2] out: target 1 ranks 1; [2, 1] out: target 2 is itself excluded (ranked last: missed);
+    # [2, 1] out: target 0 ranks 1 (without the exclusion: 2, 2 and 3)
+    assert r["events"] == 3
+    assert r["recall@1"] == pytest.approx(2 / 3) and r["recall@2"] == pytest.approx(2 / 3)
+    assert r["mrr@2"] == pytest.approx(2 / 3)
+
+
+def test_exclude_seen_masks_exactly_each_predictions_prefix_across_chunks():
+    rng = np.random.default_rng(0)
+    lists = [list(rng.integers(0, N, size=rng.integers(2, 7))) for _ in range(20)]
+    test = Sessions.from_lists(lists)
+    want = [[i in s[:t + 1] for i in range(N)] for s in lists for t in range(len(s) - 1)]
+    got = np.concatenate([c.seen(N) for c in chunks(test, N, cells=4 * N)])  # chunks of a few sessions
+    np.testing.assert_array_equal(got, want)

@@ -94,15 +94,19 @@ def _sessions(rng, n_sessions, n_items):
     return session, item, lengths
 
 
-def _reference(model, session, item, cutoffs, ties):
-    """The protocol written plainly: one session at a time from a zero state, every position."""
+def _reference(model, session, item, cutoffs, ties, exclude_seen=False):
+    """The protocol written plainly: one session at a time from a zero state, every position
+    (with `exclude_seen`, the items fed so far score -inf)."""
     m = RankingMetrics(model.n_items, cutoffs, ties)
     for s in np.unique(session):
         seq = item[session == s]
         state = model.initial_state(1)
         for t in range(len(seq) - 1):
             h, state = model.step(tf.constant(seq[t:t + 1]), state)
-            m.add(model.item_scores(h), seq[t + 1:t + 2])
+            scores = model.item_scores(h).numpy()
+            if exclude_seen:
+                scores[0, seq[:t + 1]] = -np.inf
+            m.add(scores, seq[t + 1:t + 2])
     return m.result()
 
 
@@ -258,3 +262,30 @@ def test_new_models_reuse_compiled_evaluation_and_trigger_no_retracing_warnings(
         tf.get_logger().removeHandler(handler)
     assert "retracing" not in buf.getvalue(), buf.getvalue()
     assert results[8][0] == results[8][1] == results[8][2]  # same seed, same weights: the same numbers
+
+
+@pytest.mark.parametrize("rows_per_slice", [None, 5])
+def test_exclude_seen_leaves_each_sessions_own_items_out_of_its_rankings(tmp_path, monkeypatch, rows_per_slice):
+    """eval.exclude_seen: the per-session loop with the fed items at -inf, across lanes, blocks,
+    session changes within a lane and slices queued across blocks; and it changes the result."""
+    import sbrjob.evaluate
+    from sbrjob.export import write_split
+    from sbrjob.model import GRU4Rec
+
+    if rows_per_slice:
+        monkeypatch.setattr(sbrjob.evaluate, "SCORE_CELLS", 12 * rows_per_slice)
+    cfg = _cfg(tmp_path)
+    rng = np.random.default_rng(5)
+    n_items = 12  # few items, sessions up to 8 long: many targets repeat an item of their session
+    session, item, lengths = _sessions(rng, 31, n_items)
+    model = GRU4Rec(cfg.model, n_items, seed=2)
+    manifest = write_split(session, item, tmp_path / "test", split="test", lanes=4, n_shards=1, block_steps=3)
+    assert manifest["steps"] > 3 * 2  # several blocks, lanes that play several sessions
+    cfg.eval.exclude_seen = True
+    want = _reference(model, session, item, cfg.eval.cutoffs, cfg.eval.ties, exclude_seen=True)
+    got = evaluate_model(model, str(tmp_path / "test"), cfg.eval)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    cfg.eval.exclude_seen = False
+    plain = evaluate_model(model, str(tmp_path / "test"), cfg.eval)
+    assert plain["recall@10"] != pytest.approx(got["recall@10"])
