@@ -182,7 +182,7 @@ class Trainer:
             self.optimizer.apply_local(grads, active, count=False)
         else:
             self.optimizer.apply(grads, active)
-        return [tf.stop_gradient(s) for s in new_state], sums + tf.stack([weighted, tf.reduce_sum(w)])
+        return [tf.stop_gradient(s) for s in new_state], sums + tf.stack([weighted, active])
 
     def _dense_part(self, x, y, batch_y, batch_w, w, state, step, offset, extra):
         """One step's forward pass, loss and gradients: (weighted loss sum, new state, gradients).
