@@ -231,7 +231,8 @@ def _train_summary(cfg, metrics: dict) -> str:
     shown = [f"recall@{metric.partition('@')[2]}", metric]
 
     def scores(test: dict) -> str:
-        return f"({test['events']:,} events): " + "  ".join(f"{k} {test[k]:.4f}" for k in shown if k in test)
+        bias = f"  (seen_bias {test['seen_bias']})" if "seen_bias" in test else ""
+        return f"({test['events']:,} events): " + "  ".join(f"{k} {test[k]:.4f}" for k in shown if k in test) + bias
 
     if metrics.get("test"):
         lines.append("test " + scores(metrics["test"]))
@@ -336,7 +337,7 @@ def recommend(
     config: ConfigRunOpt = None,
     k: Annotated[int, typer.Option("-k", help="How many items to recommend (at most the catalogue).")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    include_seen: Annotated[bool, typer.Option("--include-seen", help="Allow items already in the session (left out by default).")] = False,
+    include_seen: Annotated[bool, typer.Option("--include-seen", help="Rank the session's own items by the model's scores alone (by default they are left out, or scored with the run's eval.seen_bias when it has one).")] = False,
     checkpoint: Annotated[str, typer.Option(help="best, last, or a checkpoint path.")] = "best",
     sessions: Annotated[Optional[str], typer.Option("--sessions", help="Batch instead of --items: a JSONL ({\"session_id\": ..., \"items\": [...]} per line) or CSV (session_id + items, or session_id + item_id per click) file; prints JSONL, one line per session.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", "-o", help="Batch: write the JSONL to this file (local or gs://) instead of stdout.")] = None,
@@ -405,8 +406,10 @@ def export_model(
     """Write a SavedModel that serves next-item recommendations: histories or one click at a time (stateful).
 
     Signatures: serving_default(items) (top-k of histories, "" = padding), recommend(items, k,
-    exclude_seen), step(item_id, state, k) and step_exclude_seen(item_id, state, k, seen), where
-    state is the session's GRU state the caller keeps (zeros for a new session). With --to DIR it
+    exclude_seen), step(item_id, state, k), step_exclude_seen(item_id, state, k, seen) and
+    step_seen(item_id, state, k, seen), where state is the session's GRU state the caller keeps
+    (zeros for a new session). A run's eval.seen_bias is applied to the history's items by
+    serving_default, recommend(exclude_seen=False) and step_seen. With --to DIR it
     writes DIR/<version>/ as TF Serving loads it, published whole; with the vocabulary as
     assets/items.txt and model_card.json (run, data digest, metrics, signatures, example request).
     Load it anywhere with plain TensorFlow (no sbrjob needed):

@@ -12,6 +12,7 @@ import datetime
 import difflib
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -168,6 +169,11 @@ class EvalConfig:
     # default; for data that never repeats an item in a session (MovieLens: one rating per movie).
     # Off = the official GRU4Rec protocol (every item ranked)
     exclude_seen: bool = False
+    # a score added to the items a session already holds before ranking, the same in evaluate,
+    # recommend and export-model: 0 = the model's own scores (the official protocol), -inf = leave
+    # them out (= exclude_seen), > 0 = favour repeats (click data). `auto` chooses it on the valid
+    # split after training (a grid, by eval.metric, for the best checkpoint; metrics.json records it)
+    seen_bias: Union[float, Literal["auto"]] = 0.0
     # `sbrjob baselines`: which ones, on the same splits with the same metrics
     baselines: list[Literal["pop", "spop", "itemknn", "vsknn"]] = field(
         default_factory=lambda: ["pop", "spop", "itemknn", "vsknn"])
@@ -350,6 +356,11 @@ def validate(cfg: JobConfig) -> None:
     name, _, k = ev.metric.partition("@")
     _check(name in ("recall", "mrr", "ndcg") and k.isdigit() and int(k) in ev.cutoffs, "eval.metric",
            f"use recall@K, mrr@K or ndcg@K with K in eval.cutoffs {ev.cutoffs}")
+    _check(ev.seen_bias == "auto" or -math.inf <= ev.seen_bias < math.inf, "eval.seen_bias",
+           "must be a number (-inf leaves the session's items out) or auto")
+    _check(not ev.exclude_seen or ev.seen_bias == 0, "eval.exclude_seen",
+           f"and eval.seen_bias {ev.seen_bias} both say how to score a session's own items; keep one "
+           "(exclude_seen: true is seen_bias: -inf)")
     _check(ev.knn_neighbors >= 1 and ev.knn_sample >= 1, "eval.knn_neighbors", "knn_neighbors and knn_sample must be >= 1")
     _check(ev.itemknn_lambda >= 0 and 0 <= ev.itemknn_alpha <= 1, "eval.itemknn_lambda",
            "itemknn_lambda must be >= 0 and itemknn_alpha in [0, 1]")
@@ -405,7 +416,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+        if isinstance(value, str) and (_EXPONENT.fullmatch(value.strip()) or value.strip().lower() in ("inf", "-inf")):
             return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key}: expected a number, got {value!r}")
@@ -562,6 +573,7 @@ ADDED_KEYS = {
     ("split", "drop_test"): False,
     ("split", "merge_valid"): False,
     ("eval", "exclude_seen"): False,
+    ("eval", "seen_bias"): 0.0,
 }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 import weakref
 from pathlib import PurePosixPath
 from typing import Iterable, Optional
@@ -25,10 +27,12 @@ from sbrjob.metrics import RankingMetrics
 from sbrjob.progress import Bar
 
 
+log = logging.getLogger(__name__)
+
 SCORE_CELLS = 1 << 22  # rows scored at once x n_items: 16 MB of float32 scores
 
 
-def _block_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
+def _block_runner(model, metrics: RankingMetrics, track_seen: bool = False):
     """Compiled functions that turn blocks into metric totals: `run_block(block, state, pending,
     table)` and `flush(pending)`.
 
@@ -41,8 +45,10 @@ def _block_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
     scores the full slices queued by earlier blocks while this block's recurrence runs: TF runs
     the two at once, and slices stay full whatever the padding of a block.
 
-    With `exclude_seen` the last entry of `state` is a [lanes, n_items] mask of the items each
-    lane's session has fed so far, and every queued event carries its row: those items score -inf.
+    With `track_seen` the last entry of `state` is a [lanes, n_items] mask of the items each
+    lane's session has fed so far, and every queued event carries its row: those items get the
+    `bias` argument of `run_block`/`flush` added to their scores (-inf leaves them out). The bias
+    is a tensor, so trying several (`choose_seen_bias`) compiles once.
     """
     rows = max(1, SCORE_CELLS // metrics.n_items)
 
@@ -50,39 +56,41 @@ def _block_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
     def advance(inputs, reset, weight, state, table):
         steps = tf.shape(inputs)[1]
         hidden = tf.TensorArray(tf.float32, size=steps)
-        masks = tf.TensorArray(tf.bool, size=steps if exclude_seen else 0)
+        masks = tf.TensorArray(tf.bool, size=steps if track_seen else 0)
         step_kw = {} if table is None else {"input_table": table}
-        seen = state[-1] if exclude_seen else tf.zeros([], tf.bool)  # (autograph: no None loop variables)
-        state = state[:-1] if exclude_seen else state
+        seen = state[-1] if track_seen else tf.zeros([], tf.bool)  # (autograph: no None loop variables)
+        state = state[:-1] if track_seen else state
         for t in tf.range(steps):
             keep = 1.0 - reset[:, t][:, None]  # a session starts: zero its state
             h, new = model.step(inputs[:, t], [s * keep for s in state], training=False, **step_kw)
             real = weight[:, t][:, None] > 0
             state = [tf.where(real, n, s) for s, n in zip(state, new)]
             hidden = hidden.write(t, tf.cast(h, tf.float32))
-            if exclude_seen:
+            if track_seen:
                 fed = tf.one_hot(inputs[:, t], metrics.n_items, on_value=True, off_value=False, dtype=tf.bool)
                 seen = tf.logical_or(tf.logical_and(seen, keep > 0), tf.logical_and(fed, real))
                 masks = masks.write(t, seen)
-        if exclude_seen:
+        if track_seen:
             return hidden.stack(), state + [seen], masks.stack()  # [T, lanes, H], state, [T, lanes, n_items]
         return hidden.stack(), state, None
 
     @tf.function(jit_compile=True)
-    def scores(h, mask=None):
+    def scores(h, mask=None, bias=None):
         s = model.item_scores(h)
-        return s if mask is None else tf.where(mask, tf.constant(-np.inf, s.dtype), s)
+        return s if mask is None else tf.where(mask, s + tf.cast(bias, s.dtype), s)
 
-    def score_full_slices(h, target, weight, mask=None):
+    def score_full_slices(pending, bias):
+        h, target, weight = pending[:3]
+        mask = pending[3] if track_seen else None
         acc = metrics.initial()
         for lo in tf.range(0, tf.shape(target)[0] // rows * rows, rows):
             m = None if mask is None else mask[lo:lo + rows]
-            acc = metrics.update(acc, scores(h[lo:lo + rows], m), target[lo:lo + rows], weight[lo:lo + rows])
+            acc = metrics.update(acc, scores(h[lo:lo + rows], m, bias), target[lo:lo + rows], weight[lo:lo + rows])
         return acc
 
     @tf.function(reduce_retracing=True)
-    def run_block(block, state, pending, table):
-        acc = score_full_slices(*pending)
+    def run_block(block, state, pending, table, bias):
+        acc = score_full_slices(pending, bias)
         hidden, state, masks = advance(block["input"], block["reset"], block["weight"], state, table)
         step_major = lambda x: tf.reshape(tf.transpose(x), [-1])  # noqa: E731 (hidden is [T, lanes])
         w = step_major(block["weight"])
@@ -90,14 +98,14 @@ def _block_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
         done = tf.shape(pending[1])[0] // rows * rows
         new = (tf.gather(tf.reshape(hidden, [-1, hidden.shape[-1]]), real), tf.gather(step_major(block["target"]), real),
                tf.gather(w, real))
-        if exclude_seen:
+        if track_seen:
             new += (tf.gather(tf.reshape(masks, [-1, metrics.n_items]), real),)
         pending = tuple(tf.concat([old[done:], add], 0) for old, add in zip(pending, new))
         return acc, state, pending
 
-    def flush(pending):  # eager, once per evaluation: reuses the slice programs run_block traced
+    def flush(pending, bias):  # eager, once per evaluation: reuses the slice programs run_block traced
         pad = -tf.shape(pending[1])[0] % rows  # padded rows have weight 0: not counted
-        return score_full_slices(*(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending))
+        return score_full_slices(tuple(tf.pad(x, [[0, pad]] + [[0, 0]] * (x.shape.rank - 1)) for x in pending), bias)
 
     return run_block, flush
 
@@ -105,17 +113,17 @@ def _block_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
 _RUNNERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _cached_runner(model, metrics: RankingMetrics, exclude_seen: bool = False):
+def _cached_runner(model, metrics: RankingMetrics, track_seen: bool = False):
     """One compiled runner per (model, metric settings): evaluating every epoch compiles once."""
     popularity = None if metrics.popularity is None else metrics.popularity.numpy().tobytes()
     key = (metrics.n_items, tuple(metrics.cutoffs), metrics.ties, metrics.beyond_accuracy, metrics.cpu_kernel,
-           popularity, SCORE_CELLS, exclude_seen)
+           popularity, SCORE_CELLS, track_seen)
     try:
         per_model = _RUNNERS.setdefault(model, {})
     except TypeError:  # not weak-referenceable: no caching
-        return _block_runner(model, metrics, exclude_seen)
+        return _block_runner(model, metrics, track_seen)
     if key not in per_model:
-        per_model[key] = _block_runner(model, metrics, exclude_seen)
+        per_model[key] = _block_runner(model, metrics, track_seen)
     return per_model[key]
 
 
@@ -144,16 +152,19 @@ def _evaluation_model(model):
 
 
 def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar: Optional[Bar] = None,
-                    exclude_seen: bool = False) -> RankingMetrics:
+                    seen_bias: float = 0.0) -> RankingMetrics:
     """Run `model` over session-parallel blocks in step order, adding every prediction to `metrics`.
 
     Blocks are dicts of `[lanes, T]` tensors (`input`, `target` int32; `reset`, `weight` float32),
     consecutive in time for the same lanes; the state starts at zero and is carried across blocks.
-    `exclude_seen`: the items a session has already fed are left out of its rankings (`eval.exclude_seen`).
+    `seen_bias` is added to the scores of the items a session has already fed (`eval.seen_bias`;
+    -inf leaves them out of its rankings, as `eval.exclude_seen`).
     """
     model = _evaluation_model(model)
-    run_block, flush = _cached_runner(model, metrics, exclude_seen)
+    track_seen = seen_bias != 0
+    run_block, flush = _cached_runner(model, metrics, track_seen)
     table = model.input_table() if hasattr(model, "input_table") else None  # today's weights
+    bias = tf.constant(seen_bias, tf.float32)
     state = pending = None
     for done, block in enumerate(blocks, start=1):
         if state is None:
@@ -161,20 +172,34 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar:
             state = model.initial_state(lanes)
             width = int(state[-1].shape[-1])
             pending = (tf.zeros([0, width]), tf.zeros([0], tf.int32), tf.zeros([0]))
-            if exclude_seen:
+            if track_seen:
                 state = state + [tf.zeros([lanes, metrics.n_items], tf.bool)]
                 pending += (tf.zeros([0, metrics.n_items], tf.bool),)
-        acc, state, pending = run_block(block, state, pending, table)
+        acc, state, pending = run_block(block, state, pending, table, bias)
         metrics.merge(acc)
         if bar is not None:
             bar.update(done)
     if pending is not None:
-        metrics.merge(flush(pending))
+        metrics.merge(flush(pending, bias))
     return metrics
 
 
+def fixed_seen_bias(eval_cfg: EvalConfig) -> Optional[float]:
+    """The bias `eval_cfg` adds to a session's own items: -inf with exclude_seen, None under `auto`
+    (chosen per run: `choose_seen_bias`)."""
+    if eval_cfg.exclude_seen:
+        return -math.inf
+    return None if eval_cfg.seen_bias == "auto" else float(eval_cfg.seen_bias)
+
+
+def bias_text(value: float):
+    """JSON for a bias: a number, or the string "-inf" (JSON has no infinity)."""
+    return "-inf" if value == -math.inf else float(value)
+
+
 def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optional[np.ndarray] = None,
-                   beyond_accuracy: Optional[bool] = None, label: Optional[str] = None) -> dict:
+                   beyond_accuracy: Optional[bool] = None, label: Optional[str] = None,
+                   seen_bias: Optional[float] = None) -> dict:
     """Metrics of `model` on an exported split: {"split", "events", "ties", "recall@K", ...}.
 
     Args:
@@ -182,6 +207,8 @@ def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optiona
         model's vocabulary size).
       beyond_accuracy: coverage/popularity top-K lists; default `eval_cfg.beyond_accuracy`.
       label: shows progress under this name (`progress.Bar`).
+      seen_bias: added to the scores of a session's own items; default `eval_cfg`'s fixed one (0
+        under `auto`). A non-zero bias is reported as "seen_bias".
     The event count is checked against the split's manifest.
     """
     from sbrjob.shards import block_dataset, read_manifest
@@ -191,26 +218,77 @@ def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optiona
     if support is not None and len(support) != n_items:
         support = None  # vocabulary of another run: popularity would be meaningless
     wide = eval_cfg.beyond_accuracy if beyond_accuracy is None else beyond_accuracy
+    bias = (fixed_seen_bias(eval_cfg) or 0.0) if seen_bias is None else float(seen_bias)
     metrics = RankingMetrics(n_items, eval_cfg.cutoffs, eval_cfg.ties, item_support=support, beyond_accuracy=wide)
     bar = Bar(label, manifest["blocks"], "blocks") if label else None
-    evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics, bar, eval_cfg.exclude_seen)
+    evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics, bar, bias)
     if bar is not None:
         bar.close()
     if metrics.events != manifest["pairs"]:
         raise SbrjobError(f"{split_dir}: evaluated {metrics.events} events but the manifest lists "
                           f"{manifest['pairs']} (input, target) pairs; run `sbrjob export --force`")
-    return {"split": manifest.get("split", PurePosixPath(split_dir).name), **metrics.result()}
+    out = {"split": manifest.get("split", PurePosixPath(split_dir).name), **metrics.result()}
+    return {**out, "seen_bias": bias_text(bias)} if bias else out
+
+
+# Candidates of `eval.seen_bias: auto`, in score units (logits, or ELU outputs > -1): the shipped
+# models' best lie between -inf (MovieLens: a rated movie is never the next) and +4 (YOOCHOOSE: a
+# third of the next clicks return to an item of the session)
+SEEN_BIAS_GRID = (-math.inf, -8.0, -4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def choose_seen_bias(model, split_dir: str, eval_cfg: EvalConfig, support: Optional[np.ndarray] = None,
+                     grid: Iterable[float] = SEEN_BIAS_GRID, label: Optional[str] = None) -> dict:
+    """`eval.seen_bias: auto`: the bias for a session's own items that maximises `eval.metric` on
+    `split_dir` (the valid split), from `grid` and then the geometric midpoints around the best.
+
+    Returns {"value": bias, "metric": name, "split": split_dir's split, "tried": {bias: value}}
+    (biases as `bias_text`); ties go to the bias nearest 0 (0 first: the model as trained).
+    """
+    tried: dict[float, float] = {}
+
+    def score(bias: float) -> float:
+        if bias not in tried:
+            result = evaluate_model(model, split_dir, eval_cfg, support, beyond_accuracy=False, seen_bias=bias)
+            tried[bias] = float(result[eval_cfg.metric])
+            log.info("%s: seen_bias %s -> %s %.4f", label or split_dir, bias_text(bias), eval_cfg.metric, tried[bias])
+        return tried[bias]
+
+    def best() -> float:
+        return max(tried, key=lambda b: (tried[b], -abs(b)))
+
+    for bias in grid:
+        score(float(bias))
+    top = best()
+    if math.isfinite(top) and top != 0:
+        for factor in (math.sqrt(0.5), math.sqrt(2.0)):
+            score(top * factor)
+    value = best()
+    return {"value": bias_text(value), "metric": eval_cfg.metric,
+            "split": PurePosixPath(split_dir).name, "tried": {str(bias_text(b)): round(v, 6) for b, v in sorted(tried.items())}}
 
 
 @dataclasses.dataclass
 class Evaluator:
-    """One split's evaluation, built once and handed to `train.fit` (or called on any model)."""
+    """One split's evaluation, built once and handed to `train.fit` (or called on any model).
+
+    With `choose_seen_on` (a valid split) and `eval.seen_bias: auto`, each call first chooses the
+    bias there (`choose_seen_bias`), then evaluates with it; the result holds the choice under
+    "seen_bias_choice" and the bias under "seen_bias".
+    """
 
     split_dir: str
     eval_cfg: EvalConfig
     support: Optional[np.ndarray] = None
     beyond_accuracy: Optional[bool] = None  # None: eval_cfg's; per-epoch validation passes False
     label: Optional[str] = None  # progress shown under this name
+    choose_seen_on: Optional[str] = None
 
     def __call__(self, model) -> dict:
-        return evaluate_model(model, self.split_dir, self.eval_cfg, self.support, self.beyond_accuracy, self.label)
+        choice = None
+        if self.choose_seen_on and fixed_seen_bias(self.eval_cfg) is None:
+            choice = choose_seen_bias(model, self.choose_seen_on, self.eval_cfg, self.support, label="seen_bias")
+        bias = None if choice is None else float(choice["value"])
+        result = evaluate_model(model, self.split_dir, self.eval_cfg, self.support, self.beyond_accuracy, self.label,
+                                seen_bias=bias)
+        return result if choice is None else {**result, "seen_bias": choice["value"], "seen_bias_choice": choice}

@@ -193,8 +193,21 @@ def _text(value) -> str | None:
     return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
+def seen_rule(trained, exclude_seen: bool) -> float:
+    """The bias for a session's own items in recommendations: with `exclude_seen` (the default) the
+    run's own rule (`runs.seen_bias`: what its test was scored with), or -inf (left out) for a run
+    without one; otherwise 0 (the model's scores alone)."""
+    from sbrjob.runs import seen_bias
+
+    if not exclude_seen:
+        return 0.0
+    bias = seen_bias(trained.run, trained.cfg)
+    return -np.inf if bias is None else bias
+
+
 def recommend(run_dir: str, items_text: str, k: int = 10, exclude_seen: bool = True, checkpoint: str = "best") -> dict:
-    """The top-k next items for a session given as ids or titles: {"session", "unknown", "recommendations"}."""
+    """The top-k next items for a session given as ids or titles: {"session", "unknown", "recommendations"}.
+    `exclude_seen`: the session's items are scored by `seen_rule` (left out, unless the run has a seen bias)."""
     from sbrjob.runs import load_trained
 
     if k < 1:
@@ -211,8 +224,7 @@ def recommend(run_dir: str, items_text: str, k: int = 10, exclude_seen: bool = T
                           "e.g. --items 1193,661,914")
     indices = [index for _, index in found]
     scores = session_scores(model, indices)
-    if exclude_seen:
-        scores[indices] = -np.inf
+    scores[indices] = scores[indices] + seen_rule(trained, exclude_seen)  # once per item, however often seen
     top = np.argsort(-scores, kind="stable")[:min(k, int(np.isfinite(scores).sum()))]
 
     def row(i):
@@ -392,7 +404,8 @@ class BatchRecommender:
         self.items = trained.items
         self.matcher = ItemMatcher(trained.items)
         self.ids = trained.items["item_id"].astype(str).to_numpy()
-        self.k, self.exclude_seen, self.batch_size = int(k), bool(exclude_seen), int(batch_size)
+        self.k, self.batch_size = int(k), int(batch_size)
+        self.seen_bias = seen_rule(trained, exclude_seen)
         rec = Recommender(trained.model, self.ids.tolist(), k)
         table = trained.model.input_table()  # inference: one row gather per event instead of a matmul
 
@@ -402,10 +415,10 @@ class BatchRecommender:
         self._rank_and_top = kernels.rank_and_top
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.int32),
-                                      tf.TensorSpec([], tf.bool)])
-        def top(index, k, exclude):
+                                      tf.TensorSpec([], tf.float32)])
+        def top(index, k, bias):
             state = rec.history_state(index, table)
-            return rec.top_indices(state[-1], k, tf.where(exclude, index, -tf.ones_like(index)))
+            return rec.top_indices(state[-1], k, index, bias)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32)])
         def last_state(index):
@@ -440,7 +453,7 @@ class BatchRecommender:
         for row, s in enumerate(sessions):
             index[row, :len(s)] = s
         if not self._kernel:
-            top, scores = self._top(index, self.k, self.exclude_seen)
+            top, scores = self._top(index, self.k, self.seen_bias)
             return top.numpy(), scores.numpy()
         h = self._last_state(index)
         rows = max(1, self.SCORE_CELLS // len(self.ids))
@@ -449,10 +462,10 @@ class BatchRecommender:
             s = self._item_scores(h[lo:lo + rows]).numpy()
             if not s.flags.writeable:
                 s = s.copy()
-            if self.exclude_seen:
+            if self.seen_bias:
                 part = index[lo:lo + rows]
                 r, c = np.nonzero(part >= 0)
-                s[r, part[r, c]] = -np.inf
+                s[r, part[r, c]] = s[r, part[r, c]] + self.seen_bias  # an assignment: once per seen item
             top = self._rank_and_top(s, np.zeros(len(s), np.int64), "standard", self._k)[1]
             tops.append(top)
             values.append(np.take_along_axis(s, top, axis=1))

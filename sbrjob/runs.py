@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import socket
@@ -546,6 +547,22 @@ def load_trained(run_dir: str, which: str = "best") -> Trained:
         raise SbrjobError(f"{path}: does not fit the model of {run.config_path} ({first}); the run's config or "
                           "data was changed after training: retrain with `sbrjob train --fresh`") from None
     return Trained(run, cfg, model, items, path)
+
+
+def seen_bias(run: Run, cfg: JobConfig) -> Optional[float]:
+    """What a run's scoring adds to a session's own items, as its test was scored: `eval.seen_bias`
+    (under `auto`, the value chosen on valid, from metrics.json), -inf with `eval.exclude_seen`;
+    None when the run has no such rule (or `auto` has not chosen yet)."""
+    ev = cfg.eval
+    if ev.exclude_seen:
+        return -math.inf
+    if ev.seen_bias != "auto":
+        return float(ev.seen_bias) or None
+    try:
+        chosen = (json.loads(storage.read_text(run.metrics_path)).get("test") or {}).get("seen_bias")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return None if chosen is None else float(chosen) or None
 
 
 # ---------------------------------------------------------------- metrics.json

@@ -6,9 +6,12 @@ it without sbrjob. Signatures (docs/serving.md has the request shapes):
 
 - `serving_default(items)`: histories -> the export's top-k (`-k`, default 20), as before:
   `items` string [batch, len], "" = padding -> `item_ids` string [batch, k], `scores` float32
-  [batch, k], `known` int32 [batch] (how many ids of the row were in the vocabulary).
+  [batch, k], `known` int32 [batch] (how many ids of the row were in the vocabulary). The run's
+  seen bias (`eval.seen_bias`, model_card.json `seen_bias`; none for most runs) is added to the
+  scores of the history's own items, as the run's test was scored.
 - `recommend(items, k, exclude_seen)`: the same with `k` int32 scalar and `exclude_seen` bool
-  scalar given at call time, plus `state` float32 [batch, S]: the session's state after the history
+  scalar given at call time (True: the history's items are left out; False: the seen bias as in
+  `serving_default`), plus `state` float32 [batch, S]: the session's state after the history
   (hand it to `step` to go on click by click).
 - `step(item_id, state, k)`: one click per session. `item_id` string [batch], `state` float32
   [batch, S] (zeros for a new session) -> `item_ids`, `scores` [batch, k], `state` [batch, S] (store
@@ -16,6 +19,8 @@ it without sbrjob. Signatures (docs/serving.md has the request shapes):
   state is returned unchanged and the scores come from it.
 - `step_exclude_seen(item_id, state, k, seen)`: `step` that also drops `seen` (string [batch, n],
   "" = padding: the session's earlier items, which the caller keeps) and `item_id` itself.
+- `step_seen(item_id, state, k, seen)`: `step` with the seen bias added to `seen` and `item_id`:
+  click by click what `serving_default` gives for the whole history.
 
 The state is every GRU layer's hidden state side by side, layer 0 first: S = sum(model.layers),
 columns [offset_l, offset_l + H_l) for layer l. `k` is bounded by the catalogue (k > n_items gives
@@ -38,23 +43,27 @@ import tensorflow as tf
 from sbrjob import storage
 from sbrjob.config import join
 from sbrjob.errors import SbrjobError
+from sbrjob.evaluate import bias_text
 
 MARKER = "saved_model.pb"
 VOCABULARY = "items.txt"
 CARD = "model_card.json"
-SIGNATURES = ("serving_default", "recommend", "step", "step_exclude_seen")
+SIGNATURES = ("serving_default", "recommend", "step", "step_exclude_seen", "step_seen")
 
 
 class Recommender(tf.Module):
     """Wraps a model with the contract initial_state/step/item_scores and a string-id vocabulary.
 
     `vocabulary_file` (one id per line, index order) makes the lookup tables read it as a SavedModel
-    asset; without it the ids are held as constants (in-process use).
+    asset; without it the ids are held as constants (in-process use). `seen_bias` is added to the
+    scores of a session's own items (`runs.seen_bias`; -inf leaves them out; 0 = none).
     """
 
-    def __init__(self, model, item_ids: list[str], k: int = 20, vocabulary_file: str | None = None):
+    def __init__(self, model, item_ids: list[str], k: int = 20, vocabulary_file: str | None = None,
+                 seen_bias: float = 0.0):
         super().__init__(name="sbrjob_recommender")
         self.model = model
+        self.seen_bias = float(seen_bias)
         n = len(item_ids)
         self.n_items = n
         self.k = min(int(k), n)
@@ -83,7 +92,8 @@ class Recommender(tf.Module):
         def recommend(items, k=default_k, exclude_seen=no):
             index = self.index_of.lookup(items)
             state = self.history_state(index)
-            ids, scores = self.top(state[-1], k, tf.where(exclude_seen, index, -tf.ones_like(index)))
+            bias = tf.where(exclude_seen, tf.constant(-np.inf), tf.constant(self.seen_bias))
+            ids, scores = self.top(state[-1], k, index, bias)
             return {"item_ids": ids, "scores": scores, "known": _count_known(index),
                     "state": tf.concat(state, axis=1)}
 
@@ -100,7 +110,14 @@ class Recommender(tf.Module):
         def step_exclude_seen(item_id, state, k, seen):
             return self._step(item_id, state, k, self.index_of.lookup(seen))
 
-        self.recommend, self.step, self.step_exclude_seen = recommend, step, step_exclude_seen
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id"),
+                                      tf.TensorSpec([None, S], tf.float32, name="state"),
+                                      tf.TensorSpec([], tf.int32, name="k"),
+                                      tf.TensorSpec([None, None], tf.string, name="seen")])
+        def step_seen(item_id, state, k, seen):
+            return self._step(item_id, state, k, self.index_of.lookup(seen), self.seen_bias)
+
+        self.recommend, self.step, self.step_exclude_seen, self.step_seen = recommend, step, step_exclude_seen, step_seen
 
     # ---------------------------------------------------------------- graph pieces (index level)
 
@@ -112,31 +129,33 @@ class Recommender(tf.Module):
             _, state = self.model.masked_step(tf.cast(column, tf.int32), state, column >= 0, input_table)
         return state
 
-    def top_indices(self, h, k, exclude=None):
-        """(indices [b, k'], scores [b, k']) of the best items for h [b, H]; `exclude` [b, m] int
-        (-1 = none) scores -inf. k' = min(k, n_items); k < 1 is an InvalidArgumentError."""
+    def top_indices(self, h, k, seen=None, bias=-np.inf):
+        """(indices [b, k'], scores [b, k']) of the best items for h [b, H]; the items of `seen`
+        [b, m] int (-1 = none) get `bias` added once each (-inf: left out). k' = min(k, n_items);
+        k < 1 is an InvalidArgumentError."""
         scores = self.model.item_scores(h)
-        if exclude is not None:
-            exclude = tf.cast(exclude, tf.int64)
-            where = tf.where(exclude >= 0)  # [N, 2]: (row, position)
-            cells = tf.stack([where[:, 0], tf.gather_nd(exclude, where)], axis=1)
-            scores = tf.tensor_scatter_nd_update(scores, cells, tf.fill(tf.shape(cells)[:1], -np.inf))
+        if seen is not None:
+            seen = tf.cast(seen, tf.int64)
+            where = tf.where(seen >= 0)  # [N, 2]: (row, position)
+            cells = tf.stack([where[:, 0], tf.gather_nd(seen, where)], axis=1)
+            # an update, not an add: an item seen twice gets the bias once
+            scores = tf.tensor_scatter_nd_update(scores, cells, tf.gather_nd(scores, cells) + bias)
         tf.debugging.assert_greater_equal(k, 1, message="k must be >= 1")
         top = tf.math.top_k(scores, k=tf.minimum(k, self.n_items))
         return top.indices, top.values
 
-    def top(self, h, k, exclude=None):
-        """Like `top_indices` with original ids; slots left by `exclude` are "" with score -inf."""
-        indices, scores = self.top_indices(h, k, exclude)
+    def top(self, h, k, seen=None, bias=-np.inf):
+        """Like `top_indices` with original ids; slots left out by a -inf bias are "" with score -inf."""
+        indices, scores = self.top_indices(h, k, seen, bias)
         ids = self.id_of.lookup(tf.cast(indices, tf.int64))
         return tf.where(scores == -np.inf, tf.constant(""), ids), scores
 
-    def _step(self, item_id, state, k, seen):
+    def _step(self, item_id, state, k, seen, bias=-np.inf):
         index = self.index_of.lookup(item_id)
         known = index >= 0
         h, new = self.model.masked_step(tf.cast(index, tf.int32), tf.split(state, self.sizes, axis=1), known)
-        exclude = None if seen is None else tf.concat([seen, index[:, None]], axis=1)
-        ids, scores = self.top(h, k, exclude)
+        seen = None if seen is None else tf.concat([seen, index[:, None]], axis=1)
+        ids, scores = self.top(h, k, seen, bias)
         return {"item_ids": ids, "scores": scores, "state": tf.concat(new, axis=1), "known": known}
 
     # ---------------------------------------------------------------- the history signature
@@ -144,7 +163,8 @@ class Recommender(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="items")])
     def history(self, items):
         index = self.index_of.lookup(items)
-        ids, scores = self.top(self.history_state(index)[-1], tf.constant(self.k, tf.int32))
+        seen = index if self.seen_bias else None
+        ids, scores = self.top(self.history_state(index)[-1], tf.constant(self.k, tf.int32), seen, self.seen_bias)
         return {"item_ids": ids, "scores": scores, "known": _count_known(index)}
 
     @tf.function(input_signature=[tf.RaggedTensorSpec([None, None], tf.string)])
@@ -153,7 +173,7 @@ class Recommender(tf.Module):
 
     def signatures(self) -> dict:
         return {"serving_default": self.history, "recommend": self.recommend, "step": self.step,
-                "step_exclude_seen": self.step_exclude_seen}
+                "step_exclude_seen": self.step_exclude_seen, "step_seen": self.step_seen}
 
     def state_layout(self) -> list[dict]:
         out, offset = [], 0
@@ -199,6 +219,8 @@ def example_requests(module: Recommender, name: str, item_id: str) -> dict:
         "step": {"signature_name": "step", "inputs": {"item_id": [item_id], "state": zeros, "k": 10}},
         "step_exclude_seen": {"signature_name": "step_exclude_seen",
                               "inputs": {"item_id": [item_id], "state": zeros, "k": 10, "seen": [[""]]}},
+        "step_seen": {"signature_name": "step_seen",
+                      "inputs": {"item_id": [item_id], "state": zeros, "k": 10, "seen": [[""]]}},
     }
 
 
@@ -217,11 +239,13 @@ def _save_into(module: Recommender, tmp: Path, info: dict | None, card: dict | N
     with tempfile.TemporaryDirectory(prefix="sbrjob-vocab-") as src:
         vocab = Path(src) / VOCABULARY
         vocab.write_text(_vocabulary_text(module._ids), encoding="utf-8")
-        export = Recommender(module.model, list(module._ids), module.k, vocabulary_file=str(vocab))
+        export = Recommender(module.model, list(module._ids), module.k, vocabulary_file=str(vocab),
+                             seen_bias=module.seen_bias)
         tf.saved_model.save(export, str(tmp), signatures=export.signatures())
     signatures = describe_signatures(export)
     (tmp / "sbrjob_serving.json").write_text(json.dumps({
         "k": export.k, "n_items": export.n_items, "state_size": export.state_size,
+        "seen_bias": bias_text(export.seen_bias),
         "state_layout": export.state_layout(),
         "signature": "serving_default(items: string [batch, len], '' = padding) -> "
                      "item_ids string [batch, k], scores float32 [batch, k], known int32 [batch]",
@@ -322,6 +346,7 @@ def model_card(trained, module: Recommender, checkpoint: str) -> dict:
         "metrics": {"test": metrics.get("test"), "best_epoch": metrics.get("best_epoch"),
                     "stopped": metrics.get("stopped")},
         "k": module.k,
+        "seen_bias": bias_text(module.seen_bias),
         "state": {"dtype": "float32", "size": module.state_size, "layout": module.state_layout(),
                   "new_session": "zeros [1, size]"},
         "example_request": example_requests(module, cfg.name, example_id),
@@ -335,7 +360,7 @@ def export_saved_model(run_dir: str, k: int = 20, dest: str | None = None, check
     `to` = a TF Serving model base path: written as `to/<version>/` (next integer, or `version`);
     otherwise `dest` (default RUN/saved_model), replaced whole.
     """
-    from sbrjob.runs import load_trained
+    from sbrjob.runs import load_trained, seen_bias
 
     if k < 1:
         raise SbrjobError(f"-k {k}: must be >= 1")
@@ -343,7 +368,7 @@ def export_saved_model(run_dir: str, k: int = 20, dest: str | None = None, check
         raise SbrjobError("--version needs --to DIR (the TF Serving model base path that holds the versions)")
     trained = load_trained(run_dir, checkpoint)
     ids = trained.items["item_id"].astype(str).tolist()
-    module = Recommender(trained.model, ids, k)
+    module = Recommender(trained.model, ids, k, seen_bias=seen_bias(trained.run, trained.cfg) or 0.0)
     info = {"run": run_dir, "checkpoint": checkpoint, "name": trained.cfg.name}
     card = model_card(trained, module, checkpoint)
     if to is not None:

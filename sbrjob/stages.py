@@ -199,18 +199,24 @@ def early_stopping(metric: str, patience: int):
 def _evaluators(run: Run, cfg: JobConfig, manifests: dict, support) -> dict:
     from sbrjob.evaluate import Evaluator
 
-    out = {"test": Evaluator(run.split_dir("test"), cfg.eval, support, label="test")}
-    if manifests["valid"].get("pairs", 0) > 0:  # a refit run has none: `best` is then the last epoch
+    has_valid = manifests["valid"].get("pairs", 0) > 0  # a refit run has none: `best` is then the last epoch
+    # eval.seen_bias auto: chosen on valid for the tested (best) weights; epochs are validated at 0
+    out = {"test": Evaluator(run.split_dir("test"), cfg.eval, support, label="test",
+                             choose_seen_on=run.split_dir("valid") if has_valid else None)}
+    if has_valid:
         out["valid"] = Evaluator(run.split_dir("valid"), cfg.eval, support, beyond_accuracy=False, label="validation")
     return out
 
 
-def refit_config(cfg: JobConfig, epochs: int) -> JobConfig:
-    """`train.refit`: the same job with the valid period folded into train, `epochs` epochs, in R/refit."""
+def refit_config(cfg: JobConfig, epochs: int, seen_bias=None) -> JobConfig:
+    """`train.refit`: the same job with the valid period folded into train, `epochs` epochs, in R/refit.
+    `seen_bias`: what `eval.seen_bias: auto` chose on valid for the run (the refit has no valid)."""
     out = copy.deepcopy(cfg)
     out.output_dir = Run(cfg.output_dir).refit_dir
     out.split.merge_valid = True
     out.train.epochs, out.train.refit, out.train.patience = epochs, False, 0
+    if out.eval.seen_bias == "auto" and seen_bias is not None:
+        out.eval.seen_bias = float(seen_bias)
     return out
 
 
@@ -284,7 +290,7 @@ def train_stage(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, 
         log.warning("train.refit: skipped: it needs a validation split of scheme days or fraction to choose "
                     "the epoch count and fold into train")
         return metrics, complete
-    refit = refit_config(cfg, int(metrics["best_epoch"]))
+    refit = refit_config(cfg, int(metrics["best_epoch"]), (metrics.get("test") or {}).get("seen_bias"))
     log.info("refit: train + valid for %d epoch(s) (the best on valid) -> %s", refit.train.epochs, refit.output_dir)
     # the refit is the same job trained anew on more data, not a continuation: it starts as the run
     # did, cold or from the same warm start
@@ -382,7 +388,7 @@ def open_run(run_dir: Optional[str] = None, cfg: Optional[JobConfig] = None) -> 
 
 def evaluate_stage(run: Run, cfg: JobConfig, checkpoint: str = "best", split: str = "test") -> dict:
     """`sbrjob evaluate`: a checkpoint of the run on one split; writes `eval_<split>.json`."""
-    from sbrjob.evaluate import evaluate_model
+    from sbrjob.evaluate import Evaluator, fixed_seen_bias
 
     if split not in ("test", "valid"):
         raise SbrjobError(f"--split {split!r}: use test or valid")
@@ -393,9 +399,16 @@ def evaluate_stage(run: Run, cfg: JobConfig, checkpoint: str = "best", split: st
     if runs.stored_fingerprint(trained.checkpoint) not in (want, None):
         raise SbrjobError(f"{trained.checkpoint}: trained on other data or shards than {run.dir} holds now; "
                           "retrain with `sbrjob train --fresh`")
+    choose = None
+    if fixed_seen_bias(cfg.eval) is None:  # eval.seen_bias auto: chosen on valid for this checkpoint
+        if not ensure_exported(run, trained.cfg, data, splits=("valid",))["valid"].get("pairs", 0):
+            raise SbrjobError(f"eval.seen_bias: auto chooses on the valid split, and {run.dir} has none (a refit "
+                              "run takes its parent's choice); give a number, e.g. --set eval.seen_bias=-inf")
+        choose = run.split_dir("valid")
     log.info("evaluate: %s on %s", trained.checkpoint, run.split_dir(split))
     t0 = time.perf_counter()
-    result = evaluate_model(trained.model, run.split_dir(split), cfg.eval, data.item_support(), label=f"evaluate {split}")
+    result = Evaluator(run.split_dir(split), cfg.eval, data.item_support(), label=f"evaluate {split}",
+                       choose_seen_on=choose)(trained.model)
     log.info("evaluate: %s events in %.1f s -> %s", f"{result['events']:,}", time.perf_counter() - t0,
              run.eval_path(split))
     result["checkpoint"] = checkpoint

@@ -94,9 +94,9 @@ def _sessions(rng, n_sessions, n_items):
     return session, item, lengths
 
 
-def _reference(model, session, item, cutoffs, ties, exclude_seen=False):
+def _reference(model, session, item, cutoffs, ties, seen_bias=0.0):
     """The protocol written plainly: one session at a time from a zero state, every position
-    (with `exclude_seen`, the items fed so far score -inf)."""
+    (`seen_bias` added once to each item fed so far; -inf leaves them out)."""
     m = RankingMetrics(model.n_items, cutoffs, ties)
     for s in np.unique(session):
         seq = item[session == s]
@@ -104,8 +104,7 @@ def _reference(model, session, item, cutoffs, ties, exclude_seen=False):
         for t in range(len(seq) - 1):
             h, state = model.step(tf.constant(seq[t:t + 1]), state)
             scores = model.item_scores(h).numpy()
-            if exclude_seen:
-                scores[0, seq[:t + 1]] = -np.inf
+            scores[0, np.unique(seq[:t + 1])] += seen_bias
             m.add(scores, seq[t + 1:t + 2])
     return m.result()
 
@@ -264,10 +263,13 @@ def test_new_models_reuse_compiled_evaluation_and_trigger_no_retracing_warnings(
     assert results[8][0] == results[8][1] == results[8][2]  # same seed, same weights: the same numbers
 
 
-@pytest.mark.parametrize("rows_per_slice", [None, 5])
-def test_exclude_seen_leaves_each_sessions_own_items_out_of_its_rankings(tmp_path, monkeypatch, rows_per_slice):
-    """eval.exclude_seen: the per-session loop with the fed items at -inf, across lanes, blocks,
-    session changes within a lane and slices queued across blocks; and it changes the result."""
+@pytest.mark.parametrize("rows_per_slice, key, bias", [
+    (None, "exclude_seen", -np.inf), (5, "exclude_seen", -np.inf), (None, "seen_bias", 0.7),
+    (5, "seen_bias", -0.3), (None, "seen_bias", -np.inf)])
+def test_seen_bias_scores_each_sessions_own_items(tmp_path, monkeypatch, rows_per_slice, key, bias):
+    """eval.exclude_seen / eval.seen_bias: the per-session loop with the bias added to the fed
+    items (-inf: left out), across lanes, blocks, session changes within a lane and slices queued
+    across blocks; and it changes the result."""
     import sbrjob.evaluate
     from sbrjob.export import write_split
     from sbrjob.model import GRU4Rec
@@ -281,11 +283,39 @@ def test_exclude_seen_leaves_each_sessions_own_items_out_of_its_rankings(tmp_pat
     model = GRU4Rec(cfg.model, n_items, seed=2)
     manifest = write_split(session, item, tmp_path / "test", split="test", lanes=4, n_shards=1, block_steps=3)
     assert manifest["steps"] > 3 * 2  # several blocks, lanes that play several sessions
-    cfg.eval.exclude_seen = True
-    want = _reference(model, session, item, cfg.eval.cutoffs, cfg.eval.ties, exclude_seen=True)
+    setattr(cfg.eval, key, True if key == "exclude_seen" else bias)
+    want = _reference(model, session, item, cfg.eval.cutoffs, cfg.eval.ties, seen_bias=bias)
     got = evaluate_model(model, str(tmp_path / "test"), cfg.eval)
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, abs=1e-6), key
-    cfg.eval.exclude_seen = False
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+    assert got["seen_bias"] == ("-inf" if bias == -np.inf else bias)
+    cfg.eval.exclude_seen, cfg.eval.seen_bias = False, 0.0
     plain = evaluate_model(model, str(tmp_path / "test"), cfg.eval)
-    assert plain["recall@10"] != pytest.approx(got["recall@10"])
+    assert "seen_bias" not in plain and plain["mrr@10"] != pytest.approx(got["mrr@10"])
+
+
+def test_choose_seen_bias_takes_the_best_on_the_split(tmp_path):
+    """eval.seen_bias auto: every grid value and the midpoints around the best are scored on the
+    split; the choice is the best of them by eval.metric, which the Evaluator then tests with."""
+    from sbrjob.evaluate import Evaluator, choose_seen_bias
+    from sbrjob.export import write_split
+    from sbrjob.model import GRU4Rec
+
+    cfg = _cfg(tmp_path)
+    rng = np.random.default_rng(8)
+    session, item, _ = _sessions(rng, 40, 12)
+    item = np.where(rng.random(len(item)) < 0.5, np.roll(item, 2), item)  # repeats within sessions
+    model = GRU4Rec(cfg.model, 12, seed=4)
+    write_split(session, item, tmp_path / "valid", split="valid", lanes=4, n_shards=1, block_steps=3)
+    cfg.eval.seen_bias = "auto"
+    choice = choose_seen_bias(model, str(tmp_path / "valid"), cfg.eval, grid=(-np.inf, -1.0, 0.0, 1.0, 4.0))
+    tried = {float(b): v for b, v in choice["tried"].items()}
+    assert {-np.inf, -1.0, 0.0, 1.0, 4.0} <= set(tried) and len(tried) in (5, 7)  # + 2 midpoints unless 0/-inf won
+    assert float(choice["value"]) == max(tried, key=lambda b: (tried[b], -abs(b)))
+    for b, v in tried.items():  # each entry is what evaluate_model gives with that bias
+        assert evaluate_model(model, str(tmp_path / "valid"), cfg.eval, seen_bias=b,
+                              beyond_accuracy=False)[cfg.eval.metric] == pytest.approx(v, abs=1e-6)
+    assert float(choice["value"]) != 0.0 and choice["split"] == "valid"  # repeats: some bias beats the model alone
+    out = Evaluator(str(tmp_path / "valid"), cfg.eval, choose_seen_on=str(tmp_path / "valid"))(model)
+    assert out["seen_bias"] == out["seen_bias_choice"]["value"] == choice["value"]
+    assert out[cfg.eval.metric] == pytest.approx(max(tried.values()), abs=1e-6)

@@ -65,9 +65,10 @@ def test_saved_model_matches_in_process_model(exported, loaded):
     np.testing.assert_array_equal(ragged["item_ids"].numpy(), out["item_ids"].numpy()[[0, 2]])
 
 
-def _click_by_click(loaded, sessions, k, exclude_seen):
-    """Every session fed one click at a time through `step` (all sessions side by side, "" once a
-    session is over); returns the last output of each session."""
+def _click_by_click(loaded, sessions, k, exclude_seen, signature="step_exclude_seen"):
+    """Every session fed one click at a time through `step` (or, with `exclude_seen`, `signature`
+    with the earlier clicks as `seen`; all sessions side by side, "" once a session is over);
+    returns the last output of each session."""
     length = max(len(s) for s in sessions)
     state = np.zeros([len(sessions), S], np.float32)
     last = [None] * len(sessions)
@@ -77,7 +78,7 @@ def _click_by_click(loaded, sessions, k, exclude_seen):
         if exclude_seen:
             width = max(1, t)
             seen = [(list(s[:t]) + [""] * width)[:width] for s in sessions]
-            out = loaded.signatures["step_exclude_seen"](seen=tf.constant(seen), **args)
+            out = loaded.signatures[signature](seen=tf.constant(seen), **args)
         else:
             out = loaded.signatures["step"](**args)
         assert out["known"].dtype == tf.bool
@@ -116,6 +117,41 @@ def test_step_click_by_click_equals_history(exported, loaded, exclude_seen):
             assert ids[N_ITEMS - n_out:] == [""] * n_out and np.all(np.isneginf(scores[N_ITEMS - n_out:]))
 
 
+@pytest.fixture(scope="module")
+def biased(tmp_path_factory, exported):
+    """The same model exported with a seen bias (a run's eval.seen_bias)."""
+    dest = str(tmp_path_factory.mktemp("serve-bias") / "saved_model")
+    save_recommender(Recommender(exported[0], IDS, K, seen_bias=1.5), dest)
+    return tf.saved_model.load(dest)
+
+
+def test_seen_bias_in_history_and_step_seen(exported, biased):
+    """serving_default adds the bias once to each item of the history (a repeated item once),
+    recommend(exclude_seen=False) gives the same, step_seen click by click too, and plain step
+    stays the model's own scores."""
+    model, _ = exported
+    sessions = [["m3", "m5", "m3"], ["m2"], ["m4", "nope", "m1", "m4", "m4"]]
+    width = max(len(s) for s in sessions)
+    padded = tf.constant([s + [""] * (width - len(s)) for s in sessions])
+    out = biased.signatures["serving_default"](items=padded)
+    hist = biased.signatures["recommend"](items=padded, k=tf.constant(K), exclude_seen=tf.constant(False))
+    stepped = _click_by_click(biased, sessions, K, True, signature="step_seen")
+    moved = 0
+    for row, s in enumerate(sessions):
+        known = [IDS.index(x) for x in s if x in IDS]
+        scores = session_scores(model, known)
+        moved += list(np.argsort(-scores, kind="stable")[:K]) != list(np.argsort(-np.where(
+            np.isin(np.arange(N_ITEMS), known), scores + 1.5, scores), kind="stable")[:K])
+        scores[sorted(set(known))] += 1.5
+        top = np.argsort(-scores, kind="stable")[:K]
+        assert _ids(out["item_ids"])[row] == _ids(hist["item_ids"])[row] == stepped[row][0] == [IDS[i] for i in top]
+        for got in (out["scores"][row].numpy(), hist["scores"][row].numpy(), stepped[row][1]):
+            np.testing.assert_allclose(got, scores[top], rtol=1e-5, atol=1e-6)
+    assert moved  # the bias changed some top-k: the test can tell it from the plain model
+    plain = biased.signatures["step"](item_id=tf.constant(["m3"]), state=tf.zeros([1, S]), k=tf.constant(K))
+    np.testing.assert_allclose(plain["scores"][0].numpy(), _expected(model, ["m3"])[1], rtol=1e-5, atol=1e-6)
+
+
 def test_state_layout_and_unknown_clicks(exported, loaded):
     model, _ = exported
     state0 = np.zeros([2, S], np.float32)
@@ -151,11 +187,11 @@ def test_signatures_as_tf_serving_reads_them(exported):
     graph = proto.meta_graphs[0]
     assert "serve" in graph.meta_info_def.tags
     defs = graph.signature_def
-    assert set(defs) >= {"serving_default", "recommend", "step", "step_exclude_seen"}
+    assert set(defs) >= {"serving_default", "recommend", "step", "step_exclude_seen", "step_seen"}
     assert all(defs[n].method_name == "tensorflow/serving/predict" for n in defs if not n.startswith("__"))
     assert set(defs["step"].inputs) == {"item_id", "state", "k"}
     assert set(defs["step"].outputs) == {"item_ids", "scores", "state", "known"}
-    assert set(defs["step_exclude_seen"].inputs) == {"item_id", "state", "k", "seen"}
+    assert set(defs["step_exclude_seen"].inputs) == set(defs["step_seen"].inputs) == {"item_id", "state", "k", "seen"}
     assert set(defs["recommend"].inputs) == {"items", "k", "exclude_seen"}
     assert [d.size for d in defs["step"].inputs["state"].tensor_shape.dim] == [-1, S]
     assert Path(dest, "assets", "items.txt").read_text().splitlines() == IDS
@@ -292,7 +328,8 @@ def test_export_model_to_versions_with_model_card(trained_run, tmp_path):
     assert card["data_digest"] == Prepared.open(f"{trained_run}/data").digest
     assert card["run_fingerprint"] == stored_fingerprint(trained.checkpoint) is not None
     assert card["metrics"]["test"] == Run(trained_run).metrics()["test"]
-    assert set(card["signatures"]) == {"serving_default", "recommend", "step", "step_exclude_seen"}
+    assert set(card["signatures"]) == {"serving_default", "recommend", "step", "step_exclude_seen", "step_seen"}
+    assert card["seen_bias"] == 0.0  # the run has no eval.seen_bias
     assert card["state"]["size"] == sum(trained.cfg.model.layers)
     # the example requests of the card, fed as TF Serving would feed them, run
     m = tf.saved_model.load(str(base / "1"))
