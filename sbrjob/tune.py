@@ -392,6 +392,7 @@ def _tune(cfg: JobConfig, trials: int, space: Optional[str] = None, *,
     def objective(trial) -> float:
         values = suggest(trial, params, cfg, pinned)
         tcfg = trial_config(cfg, values, join(tune_dir, f"trial-{trial.number:03d}"))
+        tcfg.train.refit = False  # judged on valid, which a refit cannot change; best.yaml keeps it
         trial.set_user_attr("output_dir", tcfg.output_dir)
         _share_outputs(cfg, tcfg, cache)
         echo(f"trial {trial.number:03d} starts: " + " ".join(f"{k}={_fmt(v)}" for k, v in values.items()))

@@ -316,7 +316,7 @@ def test_fixed_loss_decides_conditionals_in_the_vertex_spec(tmp_path):
 def test_tiny_study_with_real_training_and_best_yaml_round_trip(tmp_path):
     from sbrjob.stages import train_stage
 
-    cfg = tiny(tmp_path, "train.epochs=1")
+    cfg = tiny(tmp_path, "train.epochs=1", "train.refit=true")
     space = write_space(tmp_path, (  # small models and a fixed batch: trials share prepared data AND shards
         "model.layers: {low: 16, high: 48, step: 16}\n"
         "export.batch_size: null\n"))
@@ -328,6 +328,7 @@ def test_tiny_study_with_real_training_and_best_yaml_round_trip(tmp_path):
         metrics = json.loads((d / "metrics.json").read_text())
         assert metrics["status"] == "done" and metrics["test"]["events"] > 0
         assert (d / "data").resolve() == (run / "data").resolve()  # prepared once, in the parent
+        assert "refit" not in metrics and not (d / "refit").exists()  # trials are judged on valid: no refit
     assert len({(d / "shards").resolve() for d in trial_dirs}) == 1  # exported once, then linked
     rows = out["leaderboard"]
     assert all(r["state"] == "complete" and r["events_per_s"] > 0 and 0 <= r["test_mrr@20"] <= 1 for r in rows)
@@ -336,6 +337,8 @@ def test_tiny_study_with_real_training_and_best_yaml_round_trip(tmp_path):
 
     best = load_config(str(run / "tune" / "best.yaml"), [f"output_dir={tmp_path / 'retrain'}"])
     assert best.model.layers == [best_row["model.layers"]] and best.train.lr == pytest.approx(best_row["train.lr"])
+    assert best.train.refit  # the winner is trained as the config says
+    best.train.refit = False
     again, _ = train_stage(best)
     # same config + seed -> the same validation score as the trial that chose it
     assert again["epochs"][-1]["valid"]["mrr@20"] == pytest.approx(best_row["valid_mrr@20"], rel=1e-6)
