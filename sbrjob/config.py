@@ -562,6 +562,19 @@ def parse_config(raw: dict, where: str = "<config>") -> JobConfig:
     return cfg
 
 
+def fixed_seen_bias(eval_cfg: EvalConfig) -> float | None:
+    """The bias `eval_cfg` adds to a session's own items: -inf with exclude_seen, None under `auto`
+    (chosen per run: `evaluate.choose_seen_bias`)."""
+    if eval_cfg.exclude_seen:
+        return -math.inf
+    return None if eval_cfg.seen_bias == "auto" else float(eval_cfg.seen_bias)
+
+
+def bias_text(value: float):
+    """JSON for a bias: a number, or the string "-inf" (JSON has no infinity)."""
+    return "-inf" if value == -math.inf else float(value)
+
+
 # Keys added after runs existed, each with the value that behaves as before it: a run's config.yaml
 # written earlier is read with that value (a new default never changes a run on resume), and the
 # fingerprints leave a key out at that value (so an upgrade does not make every run stale).

@@ -21,7 +21,7 @@ from typing import Iterable, Optional
 import numpy as np
 import tensorflow as tf
 
-from sbrjob.config import EvalConfig
+from sbrjob.config import EvalConfig, bias_text, fixed_seen_bias
 from sbrjob.errors import SbrjobError
 from sbrjob.metrics import RankingMetrics
 from sbrjob.progress import Bar
@@ -182,19 +182,6 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar:
     if pending is not None:
         metrics.merge(flush(pending, bias))
     return metrics
-
-
-def fixed_seen_bias(eval_cfg: EvalConfig) -> Optional[float]:
-    """The bias `eval_cfg` adds to a session's own items: -inf with exclude_seen, None under `auto`
-    (chosen per run: `choose_seen_bias`)."""
-    if eval_cfg.exclude_seen:
-        return -math.inf
-    return None if eval_cfg.seen_bias == "auto" else float(eval_cfg.seen_bias)
-
-
-def bias_text(value: float):
-    """JSON for a bias: a number, or the string "-inf" (JSON has no infinity)."""
-    return "-inf" if value == -math.inf else float(value)
 
 
 def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optional[np.ndarray] = None,

@@ -25,7 +25,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import socket
@@ -37,7 +36,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from sbrjob import shards, storage
-from sbrjob.config import JobConfig, fingerprint_dict, join, load_run_config
+from sbrjob.config import JobConfig, fingerprint_dict, fixed_seen_bias, join, load_run_config
 from sbrjob.errors import SbrjobError
 
 log = logging.getLogger("sbrjob.runs")
@@ -553,11 +552,9 @@ def seen_bias(run: Run, cfg: JobConfig) -> Optional[float]:
     """What a run's scoring adds to a session's own items, as its test was scored: `eval.seen_bias`
     (under `auto`, the value chosen on valid, from metrics.json), -inf with `eval.exclude_seen`;
     None when the run has no such rule (or `auto` has not chosen yet)."""
-    ev = cfg.eval
-    if ev.exclude_seen:
-        return -math.inf
-    if ev.seen_bias != "auto":
-        return float(ev.seen_bias) or None
+    fixed = fixed_seen_bias(cfg.eval)
+    if fixed is not None:
+        return fixed or None
     try:
         chosen = (json.loads(storage.read_text(run.metrics_path)).get("test") or {}).get("seen_bias")
     except (FileNotFoundError, json.JSONDecodeError):

@@ -41,9 +41,8 @@ import numpy as np
 import tensorflow as tf
 
 from sbrjob import storage
-from sbrjob.config import join
+from sbrjob.config import bias_text, join
 from sbrjob.errors import SbrjobError
-from sbrjob.evaluate import bias_text
 
 MARKER = "saved_model.pb"
 VOCABULARY = "items.txt"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from sbrjob import runs, storage
-from sbrjob.config import JobConfig, join, save_config
+from sbrjob.config import JobConfig, fixed_seen_bias, join, save_config
 from sbrjob.errors import SbrjobError
 from sbrjob.runs import SPLITS, Prepared, Run
 
@@ -388,27 +388,27 @@ def open_run(run_dir: Optional[str] = None, cfg: Optional[JobConfig] = None) -> 
 
 def evaluate_stage(run: Run, cfg: JobConfig, checkpoint: str = "best", split: str = "test") -> dict:
     """`sbrjob evaluate`: a checkpoint of the run on one split; writes `eval_<split>.json`."""
-    from sbrjob.evaluate import Evaluator, fixed_seen_bias
+    from sbrjob.evaluate import Evaluator
 
     if split not in ("test", "valid"):
         raise SbrjobError(f"--split {split!r}: use test or valid")
     trained = runs.load_trained(run.dir, checkpoint)
     data = Prepared.open(run.data_dir)
-    manifests = ensure_exported(run, trained.cfg, data, splits=("train", split))
+    choose = fixed_seen_bias(cfg.eval) is None  # eval.seen_bias auto: chosen on valid for this checkpoint
+    splits = tuple(dict.fromkeys(("train", split) + (("valid",) if choose else ())))
+    manifests = ensure_exported(run, trained.cfg, data, splits=splits)
     want = runs.run_fingerprint(trained.cfg, manifests["train"])
     if runs.stored_fingerprint(trained.checkpoint) not in (want, None):
         raise SbrjobError(f"{trained.checkpoint}: trained on other data or shards than {run.dir} holds now; "
                           "retrain with `sbrjob train --fresh`")
-    choose = None
-    if fixed_seen_bias(cfg.eval) is None:  # eval.seen_bias auto: chosen on valid for this checkpoint
-        if not ensure_exported(run, trained.cfg, data, splits=("valid",))["valid"].get("pairs", 0):
+    if choose:
+        if not manifests["valid"].get("pairs", 0):
             raise SbrjobError(f"eval.seen_bias: auto chooses on the valid split, and {run.dir} has none (a refit "
                               "run takes its parent's choice); give a number, e.g. --set eval.seen_bias=-inf")
-        choose = run.split_dir("valid")
     log.info("evaluate: %s on %s", trained.checkpoint, run.split_dir(split))
     t0 = time.perf_counter()
     result = Evaluator(run.split_dir(split), cfg.eval, data.item_support(), label=f"evaluate {split}",
-                       choose_seen_on=choose)(trained.model)
+                       choose_seen_on=run.split_dir("valid") if choose else None)(trained.model)
     log.info("evaluate: %s events in %.1f s -> %s", f"{result['events']:,}", time.perf_counter() - t0,
              run.eval_path(split))
     result["checkpoint"] = checkpoint
