@@ -15,6 +15,9 @@ import typer
 
 # TensorFlow's C++ start-up chatter (CPU feature notes) is noise in a CLI; real errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# oneDNN kernels are on by default only on some CPUs (AVX-512 ones): they change the numbers with
+# the machine, were no faster for GRU4Rec's shapes (BENCHMARKS.md, #15) and log past the level above.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from sbrjob import __version__
 from sbrjob.errors import SbrjobError
