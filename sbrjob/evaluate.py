@@ -238,7 +238,7 @@ def choose_seen_bias(model, split_dir: str, eval_cfg: EvalConfig, support: Optio
         if bias not in tried:
             result = evaluate_model(model, split_dir, eval_cfg, support, beyond_accuracy=False, seen_bias=bias)
             tried[bias] = float(result[eval_cfg.metric])
-            log.info("%s: seen_bias %s -> %s %.4f", label or split_dir, bias_text(bias), eval_cfg.metric, tried[bias])
+            log.debug("seen_bias %s on %s: %s %.4f", bias_text(bias), label or split_dir, eval_cfg.metric, tried[bias])
         return tried[bias]
 
     def best() -> float:
@@ -251,6 +251,8 @@ def choose_seen_bias(model, split_dir: str, eval_cfg: EvalConfig, support: Optio
         for factor in (math.sqrt(0.5), math.sqrt(2.0)):
             score(top * factor)
     value = best()
+    log.info("seen_bias: %s, chosen on %s (%s %.4f; %.4f without)", bias_text(value), label or split_dir,
+             eval_cfg.metric, tried[value], tried.get(0.0, float("nan")))
     return {"value": bias_text(value), "metric": eval_cfg.metric,
             "split": PurePosixPath(split_dir).name, "tried": {str(bias_text(b)): round(v, 6) for b, v in sorted(tried.items())}}
 
@@ -274,7 +276,8 @@ class Evaluator:
     def __call__(self, model) -> dict:
         choice = None
         if self.choose_seen_on and fixed_seen_bias(self.eval_cfg) is None:
-            choice = choose_seen_bias(model, self.choose_seen_on, self.eval_cfg, self.support, label="seen_bias")
+            choice = choose_seen_bias(model, self.choose_seen_on, self.eval_cfg, self.support,
+                                      label=PurePosixPath(self.choose_seen_on).name)
         bias = None if choice is None else float(choice["value"])
         result = evaluate_model(model, self.split_dir, self.eval_cfg, self.support, self.beyond_accuracy, self.label,
                                 seen_bias=bias)
