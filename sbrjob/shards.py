@@ -203,6 +203,9 @@ def _block_batches(split_dir: str, shard_ids: Iterable[int] | None, manifest: di
             num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = True  # step order is the data: parallel maps must never reorder blocks
+    # No autotuning model: this pipeline only parses ready blocks, and TF 2.21's autotune thread made
+    # each finished iterator's teardown wait out its sleep (up to ~30 s per epoch and per evaluation)
+    options.autotune.enabled = False
     return ds.with_options(options)
 
 
