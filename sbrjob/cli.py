@@ -15,8 +15,8 @@ import typer
 
 # TensorFlow's C++ start-up chatter (CPU feature notes) is noise in a CLI; real errors still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# oneDNN kernels are on by default only on some CPUs (AVX-512 ones): they change the numbers with
-# the machine, were no faster for GRU4Rec's shapes (BENCHMARKS.md, #15) and log past the level above.
+# TF turns oneDNN kernels on by itself only on some CPUs (AVX-512): the numbers then change with the
+# machine and it logs past the level above. =1 takes its speed (~14 %/step there, docs/train.md).
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from sbrjob import __version__

@@ -144,7 +144,7 @@ def test_default_strategy_gets_the_whole_batch(tmp_path):
 def test_block_pipelines_keep_step_order_and_run_without_the_autotune_model(tmp_path):
     # the autotune thread of TF 2.21 made a finished iterator's teardown wait out its sleep (~30 s
     # between epochs); the pipeline must not start it, in training and in evaluation alike
-    split_dir, manifest, _ = write(tmp_path)
+    split_dir, _, _ = write(tmp_path)
     ctx = tf.distribute.InputContext(1, 0, 1)
     for ds in (shards.block_dataset(split_dir), shards.pipeline_dataset(split_dir, ctx)):
         assert ds.options().deterministic is True
