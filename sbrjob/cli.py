@@ -500,7 +500,7 @@ def tune(
     config: ConfigOpt,
     set_: SetOpt = None,
     trials: Annotated[int, typer.Option(metavar="N", help="Trials in total, counting those an earlier (interrupted) run of the same study finished.")] = 20,
-    space: Annotated[Optional[str], typer.Option(metavar="FILE", help="YAML search space overriding the default key by key (e.g. `train.lr: {low: 0.01, high: 0.1, log: true}`; a plain value pins a key, null drops it). Default: the GRU4Rec authors' ranges for the config's loss.")] = None,
+    space: Annotated[Optional[str], typer.Option(metavar="FILE|local", help="YAML search space overriding the default key by key (e.g. `train.lr: {low: 0.01, high: 0.1, log: true}`; a plain value pins a key, null drops it), or `local`: the same keys around the config's own values (lr /2..x2, dropouts +-0.15, ...; docs/tune.md). Default: the GRU4Rec authors' ranges for the config's loss.")] = None,
     cloud: Annotated[bool, typer.Option("--cloud", help="Run the search as a Vertex AI hyperparameter-tuning job instead of here: every trial is a cloud training job that reports its validation metric to the service. Needs --image, a gs:// output_dir and data.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --cloud (implied): print the HyperparameterTuningJob spec (JSON) and submit nothing.")] = False,
     image: Annotated[Optional[str], typer.Option(metavar="URI", help="Cloud: container image URI with sbrjob installed.")] = None,

@@ -125,7 +125,7 @@ def vertex_tuning_job(config: str, trials: int, *, space: Optional[str] = None,
     command, args = trial_command(ref, overrides + pinned_sets)
     service_account = machine.pop("service_account", None)
     trial_spec = cloud.job_spec(image=image, args=args, command=command, accelerator=accelerator,
-                                replicas=replicas, env={"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+                                replicas=replicas, env={"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"},
                                 output_uri=join(cfg.output_dir, "tune", "vertex"),
                                 service_account=service_account, **machine)
     study_spec = {

@@ -217,6 +217,26 @@ def test_space_file_overrides_default_key_by_key(tmp_path):
     assert "train.sample_alpha" not in active and "train.bpreg" not in active and "train.lr" in active
 
 
+def test_local_space_is_a_neighbourhood_of_the_config_that_holds_it_as_trial_zero(tmp_path):
+    cfg = load_config("yoochoose", [f"output_dir={tmp_path / 'run'}"])  # layers 128, batch 256, lr 0.1055
+    params, pinned = T.resolve_space(cfg, "local")
+    by_key = {p.key: p for p in params}
+    assert (by_key["model.layers"].low, by_key["model.layers"].high, by_key["model.layers"].step) == (96, 192, 32)
+    assert (by_key["export.batch_size"].low, by_key["export.batch_size"].high) == (128, 256)  # 256: the default's top
+    assert by_key["train.lr"].log and by_key["train.lr"].low == pytest.approx(0.1055 / 2)
+    assert by_key["train.lr"].high == pytest.approx(0.211)
+    assert by_key["model.dropout_hidden"].low == 0.0  # 0.1092 - 0.15, clipped
+    assert by_key["model.dropout_embedding"].high == pytest.approx(0.4191 + 0.15)
+    assert not pinned
+    start = T.incumbent(cfg, params, pinned)  # the config itself lies on every grid: it is trial 000
+    assert start["model.layers"] == 128 and start["export.batch_size"] == 256 and start["train.lr"] == 0.1055
+    ml = load_config("movielens", [f"output_dir={tmp_path / 'ml'}"])  # layers 224, batch 96
+    ml_params = {p.key: p for p in T.resolve_space(ml, "local")[0]}
+    assert (ml_params["model.layers"].low, ml_params["model.layers"].high) == (192, 320)
+    assert (ml_params["export.batch_size"].low, ml_params["export.batch_size"].high) == (64, 96)
+    assert T.incumbent(ml, list(ml_params.values()), {}) is not None
+
+
 @pytest.mark.parametrize("text, expected", [
     ("train.lrate: {low: 0.01, high: 0.1}\n", "train.lrate: unknown key"),
     ("split.test_fraction: {low: 0.1, high: 0.2}\n", "split.test_fraction: unknown key"),
