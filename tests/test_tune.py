@@ -218,7 +218,8 @@ def test_space_file_overrides_default_key_by_key(tmp_path):
 
 
 def test_local_space_is_a_neighbourhood_of_the_config_that_holds_it_as_trial_zero(tmp_path):
-    cfg = load_config("yoochoose", [f"output_dir={tmp_path / 'run'}"])  # layers 128, batch 256, lr 0.1055
+    cfg = load_config("yoochoose", [f"output_dir={tmp_path / 'run'}", "model.layers=[128]", "export.batch_size=256",
+                                    "train.lr=0.1055", "model.dropout_embedding=0.4191", "model.dropout_hidden=0.1092"])
     params, pinned = T.resolve_space(cfg, "local")
     by_key = {p.key: p for p in params}
     assert (by_key["model.layers"].low, by_key["model.layers"].high, by_key["model.layers"].step) == (96, 192, 32)
@@ -230,7 +231,7 @@ def test_local_space_is_a_neighbourhood_of_the_config_that_holds_it_as_trial_zer
     assert not pinned
     start = T.incumbent(cfg, params, pinned)  # the config itself lies on every grid: it is trial 000
     assert start["model.layers"] == 128 and start["export.batch_size"] == 256 and start["train.lr"] == 0.1055
-    ml = load_config("movielens", [f"output_dir={tmp_path / 'ml'}"])  # layers 224, batch 96
+    ml = load_config("movielens", [f"output_dir={tmp_path / 'ml'}", "model.layers=[224]", "export.batch_size=96"])
     ml_params = {p.key: p for p in T.resolve_space(ml, "local")[0]}
     assert (ml_params["model.layers"].low, ml_params["model.layers"].high) == (192, 320)
     assert (ml_params["export.batch_size"].low, ml_params["export.batch_size"].high) == (64, 96)
