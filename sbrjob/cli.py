@@ -234,7 +234,7 @@ def _train_summary(cfg, metrics: dict) -> str:
     shown = [f"recall@{metric.partition('@')[2]}", metric]
 
     def scores(test: dict) -> str:
-        bias = f"  (seen_bias {test['seen_bias']})" if "seen_bias" in test else ""
+        bias = f"  (seen_bias {float(test['seen_bias']):.4g})" if "seen_bias" in test else ""
         return f"({test['events']:,} events): " + "  ".join(f"{k} {test[k]:.4f}" for k in shown if k in test) + bias
 
     if metrics.get("test"):

@@ -251,7 +251,7 @@ def choose_seen_bias(model, split_dir: str, eval_cfg: EvalConfig, support: Optio
         for factor in (math.sqrt(0.5), math.sqrt(2.0)):
             score(top * factor)
     value = best()
-    log.info("seen_bias: %s, chosen on %s (%s %.4f; %.4f without)", bias_text(value), label or split_dir,
+    log.info("seen_bias: %.4g, chosen on %s (%s %.4f; %.4f without)", value, label or split_dir,
              eval_cfg.metric, tried[value], tried.get(0.0, float("nan")))
     return {"value": bias_text(value), "metric": eval_cfg.metric,
             "split": PurePosixPath(split_dir).name, "tried": {str(bias_text(b)): round(v, 6) for b, v in sorted(tried.items())}}
