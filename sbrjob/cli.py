@@ -13,14 +13,11 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-# TensorFlow's C++ start-up chatter (CPU feature notes) is noise in a CLI; real errors still show.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TF turns oneDNN kernels on by itself only on some CPUs (AVX-512): the numbers then change with the
-# machine and it logs past the level above. =1 takes its speed (~14 %/step there, docs/train.md).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-from sbrjob import __version__
+from sbrjob import TF_ENV, __version__
 from sbrjob.errors import SbrjobError
+
+for _name, _value in TF_ENV.items():  # before any command loads TensorFlow
+    os.environ.setdefault(_name, _value)
 
 app = typer.Typer(
     name="sbrjob",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from sbrjob import storage
+from sbrjob import TF_ENV, storage
 from sbrjob.config import JobConfig, join, load_config
 from sbrjob.errors import SbrjobError
 from sbrjob.shards import check_layout
@@ -169,7 +169,7 @@ def build_custom_job(config: str, *, image: str, overrides: Optional[list[str]] 
         args += ["--set", o]
     spec = job_spec(image=image, args=args, accelerator=accelerator, replicas=replicas, workers=workers,
                     accelerator_type=accelerator_type, machine_type=machine_type,
-                    env={"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
+                    env={"PYTHONUNBUFFERED": "1", **TF_ENV},
                     output_uri=join(cfg.output_dir, "vertex"), service_account=service_account)
     body = {"displayName": display_name or f"sbrjob-{cfg.name}", "jobSpec": spec}
     return body, ((upload, ref) if upload else None)

@@ -74,9 +74,9 @@ def local_space(cfg: JobConfig) -> dict[str, Any]:
     +-0.15, momentum +-0.2, sample_alpha +-0.25, bpreg +-0.5), within the default ranges, so the
     config itself is trial 000."""
     raw: dict[str, Any] = {}
+    base = cfg.to_dict()
     for key, spec in DEFAULT_SPACE.items():
-        section, _, name = key.partition(".")
-        value = getattr(getattr(cfg, section), name)
+        value = _get(base, key)
         when = {"when": spec["when"]} if "when" in spec else {}
         if key in ("model.layers", "export.batch_size"):  # steps of 32 from the config's value (trial 000)
             value = value[0] if isinstance(value, list) else value

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sbrjob import storage
+from sbrjob import TF_ENV, storage
 from sbrjob.config import JobConfig, join
 from sbrjob.errors import SbrjobError
 from sbrjob.tune import (Param, _field_type, _get, _kind, _to_config_value, _train_fn, _with_values,
@@ -125,7 +125,7 @@ def vertex_tuning_job(config: str, trials: int, *, space: Optional[str] = None,
     command, args = trial_command(ref, overrides + pinned_sets)
     service_account = machine.pop("service_account", None)
     trial_spec = cloud.job_spec(image=image, args=args, command=command, accelerator=accelerator,
-                                replicas=replicas, env={"PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"},
+                                replicas=replicas, env={"PYTHONUNBUFFERED": "1", **TF_ENV},
                                 output_uri=join(cfg.output_dir, "tune", "vertex"),
                                 service_account=service_account, **machine)
     study_spec = {

@@ -13,10 +13,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from sbrjob import storage
+from sbrjob import TF_ENV, storage
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # the numeric path the CLI runs (sbrjob/cli.py)
+for _name, _value in TF_ENV.items():  # TensorFlow as the CLI starts it
+    os.environ.setdefault(_name, _value)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
