@@ -156,7 +156,7 @@ def final_mode(args) -> None:
         m, _ = train_stage(cfg, init_from=init_from, reset_optimizer=reset)
         refit = m.get("refit") or {}
         test = refit.get("test") or m["test"]
-        rec = {"epochs": epochs, "best_epoch": m["best_epoch"], "refit_epochs": refit.get("epochs", 0),
+        rec = {"epochs": len(m["epochs"]), "best_epoch": m["best_epoch"], "refit_epochs": refit.get("epochs", 0),
                "test_mrr@20": test["mrr@20"], "test_recall@20": test["recall@20"], "test_events": test["events"],
                "run_test_mrr@20": m["test"]["mrr@20"],
                "train_seconds": round(sum(r["train_seconds"] for r in m["epochs"]) + refit.get("train_seconds", 0), 1),

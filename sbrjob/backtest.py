@@ -78,17 +78,21 @@ def _row(i: int, day: dt.date, wcfg: JobConfig, metrics: dict, start: str, wall:
 
 
 def backtest(cfg: JobConfig, windows: int, step_days: int, *, warm: bool = False, end: Optional[str] = None,
-             init_checkpoint: str = "best", reset_optimizer: bool = False,
+             init_checkpoint: str = "best", reset_optimizer: bool = False, warm_epochs: Optional[int] = None,
              on_window: Optional[Callable[[dict], None]] = None) -> dict:
     """Train and test the N windows; returns backtest.json's content (also written with the table and plot).
 
     `end`: the last window's day (ISO date; default data.until, else the day of the newest event).
+    `warm_epochs`: with `warm`, the train.epochs of every window after the first (the nightly
+    recipe: a few epochs from yesterday's model); default the config's.
     `on_window(row)` is called after each window (the CLI prints a line).
     """
     from sbrjob.stages import train_stage
 
     if windows < 1 or step_days < 1:
         raise SbrjobError(f"--windows {windows} --step-days {step_days}: both must be >= 1")
+    if warm_epochs is not None and (not warm or warm_epochs < 1):
+        raise SbrjobError(f"--warm-epochs {warm_epochs}: needs --warm and a value >= 1")
     if cfg.split.scheme == "given":
         raise SbrjobError("split.scheme given: a backtest re-splits each window by time; use split.scheme days "
                           "(or fraction)")
@@ -111,6 +115,8 @@ def backtest(cfg: JobConfig, windows: int, step_days: int, *, warm: bool = False
     for i, day in enumerate(days):
         wcfg = window_config(cfg, i, day, warm)
         source = previous if warm else None
+        if source is not None and warm_epochs is not None:
+            wcfg = config_from_dict(wcfg.to_dict(), [f"train.epochs={warm_epochs}"])
         t0 = time.perf_counter()
         log.info("backtest: window %d/%d until %s -> %s (%s)", i + 1, windows, day, wcfg.output_dir,
                  f"warm from {source}" if source else "cold")

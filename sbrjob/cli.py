@@ -258,6 +258,7 @@ def backtest(
     warm: Annotated[bool, typer.Option("--warm", help="Warm-start each window from the previous window's run (the first one trains cold).")] = False,
     init_checkpoint: Annotated[Literal["best", "last"], typer.Option("--init-checkpoint", help="With --warm: the previous window's best or last checkpoint.")] = "best",
     reset_optimizer: Annotated[bool, typer.Option("--reset-optimizer", help="With --warm: start each window's optimizer state from zero.")] = False,
+    warm_epochs: Annotated[Optional[int], typer.Option("--warm-epochs", metavar="N", help="With --warm: train.epochs of every window after the first (default the config's; 2 met the warm-start benchmark, BENCHMARKS.md).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print backtest.json instead of the table.")] = False,
 ) -> None:
     """Time-sliding evaluation: train and test one run per window of time, cold or warm-started from the previous window.
@@ -269,7 +270,7 @@ def backtest(
     and the mean, training time, epochs) and backtest.png next to them; prints the table. Example:
 
     \b
-      sbrjob backtest --config yoochoose --windows 3 --step-days 1 --warm
+      sbrjob backtest --config yoochoose --windows 3 --step-days 1 --warm --warm-epochs 2
     """
     from sbrjob.backtest import backtest as run_backtest, table
 
@@ -282,7 +283,7 @@ def backtest(
                    f"{row['train_seconds']:.1f} s", err=True)
 
     result = run_backtest(cfg, windows, step_days, warm=warm, end=until, init_checkpoint=init_checkpoint,
-                          reset_optimizer=reset_optimizer, on_window=line)
+                          reset_optimizer=reset_optimizer, warm_epochs=warm_epochs, on_window=line)
     if as_json:
         _print_json(result)
     else:

@@ -14,14 +14,14 @@ def test_window_days_end_at_the_last_day_step_apart():
     assert window_days(date(2014, 4, 7), 3, 2) == [date(2014, 4, 3), date(2014, 4, 5), date(2014, 4, 7)]
 
 
-def warm_backtest(tmp_path, *sets: str):
+def warm_backtest(tmp_path, *sets: str, options=()):
     """Two warm windows, two days apart, of one epoch each, split by day; the result and its root."""
     config = write_config(tmp_path)
     out = tmp_path / "bt"
     args = [f"output_dir={out}", "train.epochs=1", "split.scheme=days", "split.test_days=1", "split.valid_days=1",
             "train.checkpoint_every_steps=0", *sets]
     r = cli("backtest", "--config", config, "--windows", 2, "--step-days", 2, "--until", "2020-01-10", "--warm",
-            *[x for a in args for x in ("--set", a)])
+            *options, *[x for a in args for x in ("--set", a)])
     assert r.exit_code == 0, r.output
     return r, out / "backtest" / "warm"
 
@@ -53,6 +53,16 @@ def test_backtest_trains_each_window_warm_from_the_previous_and_reports(tmp_path
 def test_backtest_refuses_bad_windows(tmp_path):
     r = cli("backtest", "--config", "tiny", "--windows", 0, "--set", f"output_dir={tmp_path}")
     assert r.exit_code == 2 and "--windows 0 --step-days 1: both must be >= 1" in r.error
+    r = cli("backtest", "--config", "tiny", "--warm-epochs", 2, "--set", f"output_dir={tmp_path}")
+    assert r.exit_code == 2 and "--warm-epochs 2: needs --warm" in r.error
+    assert not any(tmp_path.iterdir())
+
+
+def test_warm_epochs_sets_the_epochs_of_the_warm_windows_only(tmp_path):
+    _, root = warm_backtest(tmp_path, "train.epochs=2", options=("--warm-epochs", 1))
+    rows = json.loads((root / "backtest.json").read_text())["windows"]
+    assert [w["epochs"] for w in rows] == [2, 1] and rows[1]["start"] == "warm from w00"
+    assert json.loads((root / "w01_2020-01-10" / "metrics.json").read_text())["config"]["train"]["epochs"] == 1
 
 
 def test_under_refit_each_window_starts_from_the_previous_final_model_and_reports_its_own(tmp_path):
