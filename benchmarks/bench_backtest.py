@@ -59,7 +59,17 @@ def main() -> None:
                     help="train each run once and compare the final models (under train.refit: the refits, each "
                          "warm window and its refit starting from the previous window's final model); epochs "
                          "count the run's and its refit's; no per-epoch curves")
+    ap.add_argument("--replot", nargs="+", metavar="JSON",
+                    help="only draw --final results files (their datasets side by side) to "
+                         "benchmarks/results/NAME.png")
     args = ap.parse_args()
+    if args.replot:
+        merged = {"datasets": {}}
+        for f in args.replot:
+            for name, rows in json.loads(Path(f).read_text())["datasets"].items():
+                merged["datasets"][f"{name} ({Path(f).stem})"] = rows
+        (RESULTS / f"{args.results}.png").write_bytes(plot_final(merged))
+        return
     if args.final:
         final_mode(args)
         return
@@ -195,6 +205,7 @@ def final_mode(args) -> None:
         results["datasets"][name] = rows
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.results}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.results}.png").write_bytes(plot_final(results))
     lines = ["| data | window (until) | items kept/new/dropped | test events | cold: epochs (+refit), final MRR@20 | "
              "warm start | warm: epochs (+refit), final MRR@20 | MRR ratio | epoch ratio | met? |",
              "|---|---|---|---:|---:|---|---:|---:|---:|---|"]
@@ -271,6 +282,46 @@ def plot(results: dict) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("faint dotted: 98 % of the cold run's final MRR@20; grey: 40 % of the cold epochs", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def plot_final(results: dict) -> bytes:
+    """--final: per dataset, the final models' test MRR@20 per window, cold and each warm start, with
+    the band of 98 % of cold; each point is labelled with its epochs (run + refit)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    names = list(results["datasets"])
+    fig = Figure(figsize=(max(8.0, 5.5 * len(names)), 4.4))
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, name in zip(axes, names):
+        rows = results["datasets"][name]
+        x = [r["window"] for r in rows]
+        cold = [r["cold"]["test_mrr@20"] for r in rows]
+        ax.plot(x, cold, "o-", color="tab:blue", label="cold")
+        ax.fill_between(x, [0.98 * c for c in cold], cold, color="tab:blue", alpha=0.12, label="cold -2 %")
+        tags = sorted({k for r in rows for k in r if k not in ("window", "until", "cold")})
+        for i, tag in enumerate(tags):
+            pts = [(r["window"], r[tag]) for r in rows if tag in r]
+            ax.plot([p[0] for p in pts], [p[1]["test_mrr@20"] for p in pts], "s--", color=f"C{i + 1}",
+                    label=f"warm, {tag}")
+            for wx, w in pts:
+                ax.annotate(f"{w['epochs']}+{w['refit_epochs']}", (wx, w["test_mrr@20"]), textcoords="offset points",
+                            xytext=(0, 6), ha="center", fontsize=7, color=f"C{i + 1}")
+        for r in rows:
+            c = r["cold"]
+            ax.annotate(f"{c['epochs']}+{c['refit_epochs']}", (r["window"], c["test_mrr@20"]),
+                        textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7, color="tab:blue")
+        ax.set_xticks(x, [f"w{r['window']:02d}\n{r['until']}" for r in rows], fontsize=7)
+        ax.set_ylabel("final model's test MRR@20")
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("cold vs warm-started final models per window (labels: epochs, run + refit)", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
