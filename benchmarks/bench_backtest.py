@@ -254,8 +254,6 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict) -> bytes:
-    import io
-
     from matplotlib.figure import Figure
 
     names = list(results["datasets"])
@@ -281,18 +279,12 @@ def plot(results: dict) -> bytes:
         ax.set_title(f"{name}: cold vs warm start per window")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("faint dotted: 98 % of the cold run's final MRR@20; grey: 40 % of the cold epochs", fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return _png(fig, "faint dotted: 98 % of the cold run's final MRR@20; grey: 40 % of the cold epochs")
 
 
 def plot_final(results: dict) -> bytes:
     """--final: per dataset, the final models' test MRR@20 per window, cold and each warm start, with
     the band of 98 % of cold; each point is labelled with its epochs (run + refit)."""
-    import io
-
     from matplotlib.figure import Figure
 
     names = list(results["datasets"])
@@ -321,7 +313,13 @@ def plot_final(results: dict) -> bytes:
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("cold vs warm-started final models per window (labels: epochs, run + refit)", fontsize=9)
+    return _png(fig, "cold vs warm-started final models per window (labels: epochs, run + refit)")
+
+
+def _png(fig, title: str) -> bytes:
+    import io
+
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
