@@ -61,6 +61,9 @@ def main(
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
+    # TensorFlow's Python-side warnings, like its C++ ones, only with --verbose: e.g. a backtest
+    # or tune builds one evaluation program per catalogue size, which TF reports as "retracing"
+    logging.getLogger("tensorflow").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 def _load(config: str, overrides: Optional[list[str]]):

@@ -81,6 +81,7 @@ def test_config_explain_prints_the_schema_comment():
 def test_verbose_keeps_tensorflow_and_debug_logs(monkeypatch):
     import logging
 
+    import tensorflow as tf
     from typer.testing import CliRunner
 
     from sbrjob.cli import app
@@ -88,6 +89,9 @@ def test_verbose_keeps_tensorflow_and_debug_logs(monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")  # what the CLI sets by default
     assert CliRunner().invoke(app, ["config", "--explain", "seed"]).exit_code == 0
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2" and logging.getLogger("sbrjob").level == logging.INFO
+    assert not tf.get_logger().isEnabledFor(logging.WARNING)  # e.g. "triggered tf.function retracing"
     assert CliRunner().invoke(app, ["--verbose", "config", "--explain", "seed"]).exit_code == 0
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0" and logging.getLogger("sbrjob").level == logging.DEBUG
+    assert tf.get_logger().isEnabledFor(logging.WARNING)
     logging.getLogger("sbrjob").setLevel(logging.INFO)
+    tf.get_logger().setLevel(logging.NOTSET)
