@@ -171,7 +171,7 @@ def final_mode(args) -> None:
                "run_test_mrr@20": m["test"]["mrr@20"],
                "train_seconds": round(sum(r["train_seconds"] for r in m["epochs"]) + refit.get("train_seconds", 0), 1),
                "wall_seconds": round(time.perf_counter() - t0, 1), "items": (m.get("init_from") or {}).get("items")}
-        print(f"  {cfg.name}: {epochs}+{rec['refit_epochs']} epochs, final test mrr@20 {rec['test_mrr@20']:.4f} "
+        print(f"  {cfg.name}: {rec['epochs']}+{rec['refit_epochs']} epochs, final test mrr@20 {rec['test_mrr@20']:.4f} "
               f"(run's best {rec['run_test_mrr@20']:.4f}), {rec['train_seconds']} s", flush=True)
         return rec
 
@@ -213,7 +213,7 @@ def final_mode(args) -> None:
         for r in rows:
             c = r["cold"]
             cold = f"{c['epochs']}+{c['refit_epochs']}, {c['test_mrr@20']:.4f}"
-            tags = [k for k in r if k not in ("window", "until", "cold")]
+            tags = _warm_tags(r)
             if not tags:
                 lines.append(f"| {name} | w{r['window']:02d} ({r['until']}) | (first: cold only) | "
                              f"{c['test_events']:,} | {cold} | - | - | - | - | - |")
@@ -224,6 +224,11 @@ def final_mode(args) -> None:
                              f"{w['refit_epochs']}, {w['test_mrr@20']:.4f} | {w['ratio_mrr']:.3f} | "
                              f"{w['ratio_epochs']:.2f} | {'yes' if w['met'] else 'no'} |")
     print("\n".join(lines))
+
+
+def _warm_tags(row: dict) -> list[str]:
+    """The warm starts of a --final results row (its keys besides the window and the cold run)."""
+    return [k for k in row if k not in ("window", "until", "cold")]
 
 
 def markdown(results: dict) -> str:
@@ -296,7 +301,7 @@ def plot_final(results: dict) -> bytes:
         cold = [r["cold"]["test_mrr@20"] for r in rows]
         ax.plot(x, cold, "o-", color="tab:blue", label="cold")
         ax.fill_between(x, [0.98 * c for c in cold], cold, color="tab:blue", alpha=0.12, label="cold -2 %")
-        tags = sorted({k for r in rows for k in r if k not in ("window", "until", "cold")})
+        tags = sorted({t for r in rows for t in _warm_tags(r)})
         for i, tag in enumerate(tags):
             pts = [(r["window"], r[tag]) for r in rows if tag in r]
             ax.plot([p[0] for p in pts], [p[1]["test_mrr@20"] for p in pts], "s--", color=f"C{i + 1}",

@@ -11,11 +11,11 @@ its pipelines with autotune off; this times both, the same shards read at the pa
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+from sbrjob import use_tf_env
+
+use_tf_env()  # as the CLI
 
 
 def main() -> None:

@@ -37,9 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # as the CLI: time what `sbrjob train` runs
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sbrjob import use_tf_env  # noqa: E402
+
+use_tf_env()  # as the CLI: time what `sbrjob train` runs
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

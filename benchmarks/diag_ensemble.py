@@ -1,4 +1,4 @@
-"""Valid MRR@20 of several runs (e.g. seeds) one by one and of their score average (a check for
+"""Valid MRR@20 (eval.metric) of several runs (e.g. seeds) one by one and of their score average (a check for
 seed ensembles; nothing in sbrjob ensembles). The runs must share one prepared vocabulary and
 valid split (the same config but the seed); the first run's valid split is scored.
 
@@ -16,7 +16,8 @@ import tensorflow as tf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sbrjob import runs  # noqa: E402
-from sbrjob.evaluate import choose_seen_bias, evaluate_model  # noqa: E402
+from sbrjob.config import bias_text  # noqa: E402
+from sbrjob.evaluate import choose_seen_bias  # noqa: E402
 
 
 class Ensemble(tf.Module):
@@ -57,10 +58,10 @@ def main() -> None:
     assert all(len(t.items) == len(trained[0].items) for t in trained), "the runs' vocabularies differ"
 
     def report(label, model):
-        plain = evaluate_model(model, valid, cfg.eval, beyond_accuracy=False, seen_bias=0.0)["mrr@20"]
-        bias = float(choose_seen_bias(model, valid, cfg.eval, label="valid")["value"])
-        biased = evaluate_model(model, valid, cfg.eval, beyond_accuracy=False, seen_bias=bias)["mrr@20"]
-        print(f"{label}: valid mrr@20 {plain:.4f}, with seen_bias {bias:.3g} {biased:.4f}", flush=True)
+        choice = choose_seen_bias(model, valid, cfg.eval, label="valid")  # tries 0 (the plain model) too
+        bias = float(choice["value"])
+        plain, biased = choice["tried"][str(bias_text(0.0))], choice["tried"][str(choice["value"])]
+        print(f"{label}: valid {cfg.eval.metric} {plain:.4f}, with seen_bias {bias:.3g} {biased:.4f}", flush=True)
         return plain, biased
 
     singles = [report(Path(r).name, t.model) for r, t in zip(args.runs, trained)]

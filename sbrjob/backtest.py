@@ -55,10 +55,13 @@ def backtest_dir(cfg: JobConfig, warm: bool) -> str:
     return join(cfg.output_dir, "backtest", "warm" if warm else "cold")
 
 
-def window_config(cfg: JobConfig, i: int, day: dt.date, warm: bool = False) -> JobConfig:
+def window_config(cfg: JobConfig, i: int, day: dt.date, warm: bool = False,
+                  epochs: Optional[int] = None) -> JobConfig:
+    """Window i's config: the job's with its own output_dir and data.until (and train.epochs if given)."""
     out = join(backtest_dir(cfg, warm), f"w{i:02d}_{day.isoformat()}")
     return config_from_dict(cfg.to_dict(), [f"output_dir={out}", f"data.until={day.isoformat()}",
-                                            f"name={cfg.name}-w{i:02d}"])
+                                            f"name={cfg.name}-w{i:02d}"]
+                            + ([] if epochs is None else [f"train.epochs={epochs}"]))
 
 
 def _row(i: int, day: dt.date, wcfg: JobConfig, metrics: dict, start: str, wall: Optional[float]) -> dict:
@@ -113,10 +116,8 @@ def backtest(cfg: JobConfig, windows: int, step_days: int, *, warm: bool = False
     root = backtest_dir(cfg, warm)
     rows, previous = [], None
     for i, day in enumerate(days):
-        wcfg = window_config(cfg, i, day, warm)
         source = previous if warm else None
-        if source is not None and warm_epochs is not None:
-            wcfg = config_from_dict(wcfg.to_dict(), [f"train.epochs={warm_epochs}"])
+        wcfg = window_config(cfg, i, day, warm, epochs=warm_epochs if source is not None else None)
         t0 = time.perf_counter()
         log.info("backtest: window %d/%d until %s -> %s (%s)", i + 1, windows, day, wcfg.output_dir,
                  f"warm from {source}" if source else "cold")

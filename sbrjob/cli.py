@@ -13,11 +13,10 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from sbrjob import TF_ENV, __version__
+from sbrjob import __version__, use_tf_env
 from sbrjob.errors import SbrjobError
 
-for _name, _value in TF_ENV.items():  # before any command loads TensorFlow
-    os.environ.setdefault(_name, _value)
+use_tf_env()  # before any command loads TensorFlow
 
 app = typer.Typer(
     name="sbrjob",

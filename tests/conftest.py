@@ -13,10 +13,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from sbrjob import TF_ENV, storage
+from sbrjob import storage, use_tf_env
 
-for _name, _value in TF_ENV.items():  # TensorFlow as the CLI starts it
-    os.environ.setdefault(_name, _value)
+use_tf_env()  # TensorFlow as the CLI starts it
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
