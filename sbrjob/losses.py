@@ -17,7 +17,7 @@ import contextlib
 import numpy as np
 import tensorflow as tf
 
-from sbrjob.model import _mix32, hash_uniform
+from sbrjob.model import _mix32, _uint32, hash_uniform, seed_words
 
 MASKED = -1e9  # a finite "minus infinity": exp() is exactly 0 and 0 * MASKED stays finite
 
@@ -69,17 +69,15 @@ class NegativeSampler:
 
         The per-step key of `hash_uniform(..., salt=1)` is computed for all steps as a vector, then
         one hash of [steps, n_sample] counters and one searchsorted."""
-        seed = tf.cast(seed, tf.int64)
-        step = tf.cast(first_step, tf.int64) + tf.range(steps, dtype=tf.int64)
-        lo = lambda v: tf.cast(tf.bitwise.bitwise_and(v, 0xFFFFFFFF), tf.uint32)  # noqa: E731
-        hi = lambda v: tf.cast(tf.bitwise.right_shift(v, 32), tf.uint32)  # noqa: E731
-        key = _mix32(lo(seed) ^ tf.constant((0x9E3779B9 * 2) & 0xFFFFFFFF, tf.uint32))  # salt 1
-        key = _mix32(key ^ hi(seed))
-        key = _mix32(key[None] ^ lo(step))
-        key = _mix32(key ^ hi(step))[:, None]  # [steps, 1]
+        seed_lo, seed_hi = seed_words(seed)
+        step_lo, step_hi = seed_words(tf.cast(first_step, tf.int64) + tf.range(steps, dtype=tf.int64))
+        key = _mix32(seed_lo ^ _uint32((0x9E3779B9 * 2) & 0xFFFFFFFF)[0])  # salt 1
+        key = _mix32(key ^ seed_hi)
+        key = _mix32(key[None] ^ step_lo)
+        key = _mix32(key ^ step_hi)[:, None]  # [steps, 1]
         index = tf.cast(tf.range(self.n_sample), tf.uint32)[None, :]
         h = _mix32(_mix32(index ^ key) + key)
-        u = tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) * (1.0 / (1 << 24))
+        u = tf.cast(tf.bitwise.right_shift(h, _uint32(8)[0]), tf.float32) * (1.0 / (1 << 24))
         return tf.reshape(self._lookup(tf.reshape(u, [-1])), [steps, self.n_sample])
 
     @contextlib.contextmanager

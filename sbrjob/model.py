@@ -19,6 +19,7 @@ masks, a replica's lanes get exactly the masks of a single-replica run, and XLA 
 from __future__ import annotations
 
 import math
+import weakref
 
 import tensorflow as tf
 
@@ -29,13 +30,38 @@ def glorot(rng: tf.random.Generator, fan_in: int, fan_out: int, gates: int = 1) 
     return tf.concat([rng.uniform((fan_in, fan_out), -limit, limit) for _ in range(gates)], axis=1)
 
 
+def _uint32(*values: int) -> list[tf.Tensor]:
+    """uint32 constants of the graph being traced, made once per graph: tracing costs about a
+    millisecond per op, and the hashes below would otherwise add a Const op at every use."""
+    if tf.executing_eagerly():
+        return [tf.constant(v, tf.uint32) for v in values]
+    graph = tf.compat.v1.get_default_graph()
+    cache = _CONSTS.setdefault(graph, {})
+    with tf.control_dependencies(None):  # a shared constant must not inherit a local control scope
+        for v in values:
+            if v not in cache:
+                cache[v] = tf.constant(v, tf.uint32)
+    return [cache[v] for v in values]
+
+
+_CONSTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _mix32(x):
     """lowbias32 (C. Wellons): a strong 32-bit integer mixing function."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
-    x = x * tf.constant(0x7FEB352D, tf.uint32)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
-    x = x * tf.constant(0x846CA68B, tf.uint32)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    s16, s15, m1, m2 = _uint32(16, 15, 0x7FEB352D, 0x846CA68B)
+    x = x ^ tf.bitwise.right_shift(x, s16)
+    x = x * m1
+    x = x ^ tf.bitwise.right_shift(x, s15)
+    x = x * m2
+    return x ^ tf.bitwise.right_shift(x, s16)
+
+
+def seed_words(seed) -> tuple[tf.Tensor, tf.Tensor]:
+    """(low, high) uint32 words of int64 values, elementwise."""
+    seed = tf.cast(seed, tf.int64)
+    return (tf.cast(tf.bitwise.bitwise_and(seed, 0xFFFFFFFF), tf.uint32),
+            tf.cast(tf.bitwise.right_shift(seed, 32), tf.uint32))
 
 
 def hash_uniform(shape, seed, salt: int = 0, row_offset=0) -> tf.Tensor:
@@ -44,20 +70,24 @@ def hash_uniform(shape, seed, salt: int = 0, row_offset=0) -> tf.Tensor:
     A counter-based hash in plain integer ops: identical on CPU, GPU and under XLA, which TF's
     stateless random ops are not (XLA uses another Philox mapping). Element (i, j) of a [rows, cols]
     tensor is numbered (row_offset + i) * cols + j, so a replica drawing its own rows of a global
-    batch gets exactly that slice of the global draw.
+    batch gets exactly that slice of the global draw. A static `shape` (ints) builds fewer ops.
     """
-    shape = tf.convert_to_tensor(shape, tf.int32)
-    cols = tf.reduce_prod(shape[1:])
-    rows = tf.range(shape[0]) + tf.cast(row_offset, tf.int32)
-    index = tf.reshape(rows[:, None] * cols + tf.range(cols)[None, :], shape)
-    seed = tf.cast(seed, tf.int64)
-    lo = lambda v: tf.cast(tf.bitwise.bitwise_and(v, 0xFFFFFFFF), tf.uint32)  # noqa: E731
-    hi = lambda v: tf.cast(tf.bitwise.right_shift(v, 32), tf.uint32)  # noqa: E731
-    key = _mix32(lo(seed[0]) ^ tf.constant((0x9E3779B9 * (salt + 1)) & 0xFFFFFFFF, tf.uint32))
-    for part in (hi(seed[0]), lo(seed[1]), hi(seed[1])):
+    if isinstance(shape, (list, tuple)) and all(isinstance(d, int) for d in shape):
+        cols = math.prod(shape[1:])
+        index = tf.reshape(tf.range(math.prod(shape)), shape)
+        if not (isinstance(row_offset, int) and row_offset == 0):
+            index = index + tf.cast(row_offset, tf.int32) * cols
+    else:
+        shape = tf.convert_to_tensor(shape, tf.int32)
+        cols = tf.reduce_prod(shape[1:])
+        rows = tf.range(shape[0]) + tf.cast(row_offset, tf.int32)
+        index = tf.reshape(rows[:, None] * cols + tf.range(cols)[None, :], shape)
+    lo, hi = (tf.unstack(w) for w in seed_words(seed))
+    key = _mix32(lo[0] ^ _uint32((0x9E3779B9 * (salt + 1)) & 0xFFFFFFFF)[0])
+    for part in (hi[0], lo[1], hi[1]):
         key = _mix32(key ^ part)
     h = _mix32(_mix32(tf.cast(index, tf.uint32) ^ key) + key)
-    return tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) * (1.0 / (1 << 24))
+    return tf.cast(tf.bitwise.right_shift(h, _uint32(8)[0]), tf.float32) * (1.0 / (1 << 24))
 
 
 class GRULayer(tf.Module):
@@ -74,10 +104,9 @@ class GRULayer(tf.Module):
 
     def __call__(self, x_proj: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
         n = self.units
-        x_proj = x_proj + self.b
-        zr = tf.sigmoid(x_proj[:, : 2 * n] + tf.matmul(h, self.Wrz))
-        z, r = zr[:, :n], zr[:, n:]
-        cand = tf.tanh(x_proj[:, 2 * n:] + tf.matmul(r * h, self.Wh))
+        x_zr, x_h = tf.split(x_proj + self.b, [2 * n, n], axis=1)  # one op each way (tracing time)
+        z, r = tf.split(tf.sigmoid(x_zr + tf.matmul(h, self.Wrz)), 2, axis=1)
+        cand = tf.tanh(x_h + tf.matmul(r * h, self.Wh))
         return z * h + (1.0 - z) * cand
 
 
@@ -116,7 +145,8 @@ class GRU4Rec(tf.Module):
         if seed is None:
             return tf.nn.dropout(x, rate)
         offset = 0 if lanes is None else lanes[0]
-        u = hash_uniform(tf.shape(x), seed, salt, row_offset=offset)
+        shape = x.shape.as_list() if x.shape.is_fully_defined() else tf.shape(x)
+        u = hash_uniform(shape, seed, salt, row_offset=offset)
         return tf.where(u >= rate, x / (1.0 - rate), tf.zeros_like(x))
 
     def input_table(self) -> tf.Tensor:

@@ -166,8 +166,7 @@ class Trainer:
         cfg = self.cfg
         ctx = tf.distribute.get_replica_context()
         offset = ctx.replica_id_in_sync_group * self.local_lanes
-        x, y = block["input"][:, t], block["target"][:, t]
-        reset, w = block["reset"][:, t], block["weight"][:, t]
+        x, y, reset, w = (tf.gather(block[k], t, axis=1) for k in ("input", "target", "reset", "weight"))
         state = [s * (1.0 - reset)[:, None] for s in state]  # a new session starts from zero
         if self.replicas > 1:
             batch_y, batch_w = ctx.all_gather(y, axis=0), ctx.all_gather(w, axis=0)
