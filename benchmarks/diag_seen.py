@@ -23,6 +23,20 @@ from sbrjob import runs  # noqa: E402
 BONUSES = (-np.inf, -1.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
+def predictions(model, sessions, lanes: int):
+    """(session, t, scores of every item after feeding session[:t + 1]) for each next-item target."""
+    for lo in range(0, len(sessions), lanes):
+        batch = sessions[lo:lo + lanes]
+        state = model.initial_state(len(batch))
+        for t in range(max(len(s) for s in batch) - 1):
+            items = np.array([s[t] if t < len(s) else 0 for s in batch], np.int32)
+            h, state = model.step(tf.constant(items), state, training=False)
+            scores = model.item_scores(h).numpy()
+            for j, s in enumerate(batch):
+                if t + 1 < len(s):
+                    yield s, t, scores[j]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True)
@@ -33,29 +47,20 @@ def main() -> None:
     frame = runs.Prepared.open(runs.Run(args.run).data_dir).load_split(args.split)
     sessions = [g["item"].to_numpy() for _, g in frame.groupby("session", sort=False)]
     rr, rr_bonus, seen_top, target_seen = [], [], [], []
-    for lo in range(0, len(sessions), args.lanes):
-        batch = sessions[lo:lo + args.lanes]
-        state = model.initial_state(len(batch))
-        seen = np.zeros((len(batch), model.n_items), bool)
-        for t in range(max(len(s) for s in batch) - 1):
-            items = np.array([s[t] if t < len(s) else 0 for s in batch], np.int32)
-            h, state = model.step(tf.constant(items), state, training=False)
-            scores = model.item_scores(h).numpy()
-            for j, s in enumerate(batch):
-                if t + 1 >= len(s):
-                    continue
-                seen[j, s[t]] = True
-                row, target = scores[j], s[t + 1]
-                target_seen.append(seen[j, target])
-                rank = (row > row[target]).sum() + 1
-                rr.append(1 / rank if rank <= 20 else 0.0)
-                seen_top.append(seen[j, np.argpartition(-row, 20)[:20]].mean())
-                got = []
-                for bonus in BONUSES:
-                    moved = np.where(seen[j], row + bonus, row)
-                    rank = (moved > moved[target]).sum() + 1
-                    got.append(1 / rank if rank <= 20 else 0.0)
-                rr_bonus.append(got)
+    for s, t, row in predictions(model, sessions, args.lanes):
+        seen = np.zeros(model.n_items, bool)
+        seen[s[:t + 1]] = True
+        target = s[t + 1]
+        target_seen.append(seen[target])
+        rank = (row > row[target]).sum() + 1
+        rr.append(1 / rank if rank <= 20 else 0.0)
+        seen_top.append(seen[np.argpartition(-row, 20)[:20]].mean())
+        got = []
+        for bonus in BONUSES:
+            moved = np.where(seen, row + bonus, row)
+            rank = (moved > moved[target]).sum() + 1
+            got.append(1 / rank if rank <= 20 else 0.0)
+        rr_bonus.append(got)
     print(f"{len(rr):,} predictions: MRR@20 {np.mean(rr):.4f}; top-20 slots holding a seen item {np.mean(seen_top):.1%}; "
           f"targets repeating an item of their session {np.mean(target_seen):.1%}")
     for bonus, value in zip(BONUSES, np.mean(rr_bonus, axis=0)):

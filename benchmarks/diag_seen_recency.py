@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from diag_seen import predictions  # noqa: E402
 from sbrjob import runs  # noqa: E402
 
 GRID = (-np.inf, -8.0, -2.0, 0.0, 2.0, 4.0, 5.66, 8.0, 12.0)
@@ -39,27 +39,18 @@ def main() -> None:
     hits = np.zeros((len(grid), len(grid)))  # [current bias, older bias] -> sum of reciprocal ranks
     n = 0
     kinds = np.zeros(3)  # targets: the current input, an older seen item, a new item
-    for lo in range(0, len(sessions), args.lanes):
-        batch = sessions[lo:lo + args.lanes]
-        state = model.initial_state(len(batch))
-        for t in range(max(len(s) for s in batch) - 1):
-            items = np.array([s[t] if t < len(s) else 0 for s in batch], np.int32)
-            h, state = model.step(tf.constant(items), state, training=False)
-            scores = model.item_scores(h).numpy()
-            for j, s in enumerate(batch):
-                if t + 1 >= len(s):
-                    continue
-                row, target, current = scores[j], s[t + 1], s[t]
-                older = np.setdiff1d(s[:t], [current])
-                kinds[0 if target == current else 1 if target in older else 2] += 1
-                n += 1
-                for a, bc in enumerate(grid):
-                    for b, bo in enumerate(grid):
-                        moved = row.copy()
-                        moved[current] += bc
-                        moved[older] += bo
-                        rank = (moved > moved[target]).sum() + 1
-                        hits[a, b] += 1 / rank if rank <= 20 else 0.0
+    for s, t, row in predictions(model, sessions, args.lanes):
+        target, current = s[t + 1], s[t]
+        older = np.setdiff1d(s[:t], [current])
+        kinds[0 if target == current else 1 if target in older else 2] += 1
+        n += 1
+        for a, bc in enumerate(grid):
+            for b, bo in enumerate(grid):
+                moved = row.copy()
+                moved[current] += bc
+                moved[older] += bo
+                rank = (moved > moved[target]).sum() + 1
+                hits[a, b] += 1 / rank if rank <= 20 else 0.0
     mrr = hits / n
     diag = np.array([mrr[i, i] for i in range(len(grid))])
     best_one = int(np.argmax(diag))
