@@ -174,6 +174,10 @@ class EvalConfig:
     # them out (= exclude_seen), > 0 = favour repeats (click data). `auto` chooses it on the valid
     # split after training (a grid, by eval.metric, for the best checkpoint; metrics.json records it)
     seen_bias: Union[float, Literal["auto"]] = 0.0
+    # whose items seen_bias goes to: the session's own (session-based, the official protocol's
+    # scope), or also every item the session's user had before it (user-keyed data such as
+    # MovieLens cut at time gaps: a user rates a movie once, so none of those is ever the next)
+    seen_scope: Literal["session", "user"] = "session"
     # `sbrjob baselines`: which ones, on the same splits with the same metrics
     baselines: list[Literal["pop", "spop", "itemknn", "vsknn"]] = field(
         default_factory=lambda: ["pop", "spop", "itemknn", "vsknn"])
@@ -587,6 +591,7 @@ ADDED_KEYS = {
     ("split", "merge_valid"): False,
     ("eval", "exclude_seen"): False,
     ("eval", "seen_bias"): 0.0,
+    ("eval", "seen_scope"): "session",
 }
 
 

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from sbrjob.config import EvalConfig, bias_text, fixed_seen_bias
 from sbrjob.errors import SbrjobError
+from sbrjob.history import UserHistory, user_history
 from sbrjob.metrics import RankingMetrics
 from sbrjob.progress import Bar
 
@@ -89,7 +90,7 @@ def _block_runner(model, metrics: RankingMetrics, track_seen: bool = False):
         return acc
 
     @tf.function(reduce_retracing=True)
-    def run_block(block, state, pending, table, bias):
+    def run_block(block, state, pending, table, bias, prior=None):
         acc = score_full_slices(pending, bias)
         hidden, state, masks = advance(block["input"], block["reset"], block["weight"], state, table)
         step_major = lambda x: tf.reshape(tf.transpose(x), [-1])  # noqa: E731 (hidden is [T, lanes])
@@ -99,7 +100,12 @@ def _block_runner(model, metrics: RankingMetrics, track_seen: bool = False):
         new = (tf.gather(tf.reshape(hidden, [-1, hidden.shape[-1]]), real), tf.gather(step_major(block["target"]), real),
                tf.gather(w, real))
         if track_seen:
-            new += (tf.gather(tf.reshape(masks, [-1, metrics.n_items]), real),)
+            mask = tf.gather(tf.reshape(masks, [-1, metrics.n_items]), real)
+            if prior is not None:  # eval.seen_scope user: the user's earlier items count as seen too
+                earlier = tf.gather(prior, tf.gather(step_major(block["session"]), real))
+                where = tf.stack([tf.cast(earlier.value_rowids(), tf.int32), earlier.flat_values], 1)
+                mask = tf.tensor_scatter_nd_update(mask, where, tf.ones_like(earlier.flat_values, tf.bool))
+            new += (mask,)
         pending = tuple(tf.concat([old[done:], add], 0) for old, add in zip(pending, new))
         return acc, state, pending
 
@@ -152,13 +158,15 @@ def _evaluation_model(model):
 
 
 def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar: Optional[Bar] = None,
-                    seen_bias: float = 0.0) -> RankingMetrics:
+                    seen_bias: float = 0.0, prior: Optional[tf.RaggedTensor] = None) -> RankingMetrics:
     """Run `model` over session-parallel blocks in step order, adding every prediction to `metrics`.
 
     Blocks are dicts of `[lanes, T]` tensors (`input`, `target` int32; `reset`, `weight` float32),
     consecutive in time for the same lanes; the state starts at zero and is carried across blocks.
     `seen_bias` is added to the scores of the items a session has already fed (`eval.seen_bias`;
-    -inf leaves them out of its rankings, as `eval.exclude_seen`).
+    -inf leaves them out of its rankings, as `eval.exclude_seen`). With `prior` ([sessions, None]
+    item ids, `history.UserHistory`) and blocks carrying `session` ids, each session's prior items
+    get the bias as well.
     """
     model = _evaluation_model(model)
     track_seen = seen_bias != 0
@@ -175,7 +183,7 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar:
             if track_seen:
                 state = state + [tf.zeros([lanes, metrics.n_items], tf.bool)]
                 pending += (tf.zeros([0, metrics.n_items], tf.bool),)
-        acc, state, pending = run_block(block, state, pending, table, bias)
+        acc, state, pending = run_block(block, state, pending, table, bias, prior if track_seen else None)
         metrics.merge(acc)
         if bar is not None:
             bar.update(done)
@@ -186,7 +194,7 @@ def evaluate_blocks(model, blocks: Iterable[dict], metrics: RankingMetrics, bar:
 
 def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optional[np.ndarray] = None,
                    beyond_accuracy: Optional[bool] = None, label: Optional[str] = None,
-                   seen_bias: Optional[float] = None) -> dict:
+                   seen_bias: Optional[float] = None, history: Optional[UserHistory] = None) -> dict:
     """Metrics of `model` on an exported split: {"split", "events", "ties", "recall@K", ...}.
 
     Args:
@@ -196,6 +204,8 @@ def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optiona
       label: shows progress under this name (`progress.Bar`).
       seen_bias: added to the scores of a session's own items; default `eval_cfg`'s fixed one (0
         under `auto`). A non-zero bias is reported as "seen_bias".
+      history: the split's `history.UserHistory` (`eval.seen_scope: user`): the bias also goes to the
+        items each session's user had before it.
     The event count is checked against the split's manifest.
     """
     from sbrjob.shards import block_dataset, read_manifest
@@ -208,13 +218,19 @@ def evaluate_model(model, split_dir: str, eval_cfg: EvalConfig, support: Optiona
     bias = (fixed_seen_bias(eval_cfg) or 0.0) if seen_bias is None else float(seen_bias)
     metrics = RankingMetrics(n_items, eval_cfg.cutoffs, eval_cfg.ties, item_support=support, beyond_accuracy=wide)
     bar = Bar(label, manifest["blocks"], "blocks") if label else None
-    evaluate_blocks(model, block_dataset(split_dir, manifest=manifest), metrics, bar, bias)
+    blocks, prior = block_dataset(split_dir, manifest=manifest), None
+    if history is not None and bias:
+        blocks = history.blocks(blocks.as_numpy_iterator(), manifest)
+        prior = tf.RaggedTensor.from_row_splits(history.items, history.splits)
+    evaluate_blocks(model, blocks, metrics, bar, bias, prior)
     if bar is not None:
         bar.close()
     if metrics.events != manifest["pairs"]:
         raise SbrjobError(f"{split_dir}: evaluated {metrics.events} events but the manifest lists "
                           f"{manifest['pairs']} (input, target) pairs; run `sbrjob export --force`")
     out = {"split": manifest.get("split", PurePosixPath(split_dir).name), **metrics.result()}
+    if history is not None:
+        out["seen_scope"] = "user"
     return {**out, "seen_bias": bias_text(bias)} if bias else out
 
 
@@ -225,7 +241,8 @@ SEEN_BIAS_GRID = (-math.inf, -8.0, -4.0, -2.0, -1.0, -0.5, -0.25, 0.0, 0.25, 0.5
 
 
 def choose_seen_bias(model, split_dir: str, eval_cfg: EvalConfig, support: Optional[np.ndarray] = None,
-                     grid: Iterable[float] = SEEN_BIAS_GRID, label: Optional[str] = None) -> dict:
+                     grid: Iterable[float] = SEEN_BIAS_GRID, label: Optional[str] = None,
+                     history: Optional[UserHistory] = None) -> dict:
     """`eval.seen_bias: auto`: the bias for a session's own items that maximises `eval.metric` on
     `split_dir` (the valid split), from `grid` and then the geometric midpoints around the best.
 
@@ -236,7 +253,8 @@ def choose_seen_bias(model, split_dir: str, eval_cfg: EvalConfig, support: Optio
 
     def score(bias: float) -> float:
         if bias not in tried:
-            result = evaluate_model(model, split_dir, eval_cfg, support, beyond_accuracy=False, seen_bias=bias)
+            result = evaluate_model(model, split_dir, eval_cfg, support, beyond_accuracy=False, seen_bias=bias,
+                                    history=history)
             tried[bias] = float(result[eval_cfg.metric])
             log.debug("seen_bias %s on %s: %s %.4f", bias_text(bias), label or split_dir, eval_cfg.metric, tried[bias])
         return tried[bias]
@@ -263,7 +281,8 @@ class Evaluator:
 
     With `choose_seen_on` (a valid split) and `eval.seen_bias: auto`, each call first chooses the
     bias there (`choose_seen_bias`), then evaluates with it; the result holds the choice under
-    "seen_bias_choice" and the bias under "seen_bias".
+    "seen_bias_choice" and the bias under "seen_bias". With `eval.seen_scope: user`, `data` (the
+    run's `runs.Prepared`) supplies each session's user history (`history.user_history`).
     """
 
     split_dir: str
@@ -272,13 +291,24 @@ class Evaluator:
     beyond_accuracy: Optional[bool] = None  # None: eval_cfg's; per-epoch validation passes False
     label: Optional[str] = None  # progress shown under this name
     choose_seen_on: Optional[str] = None
+    data: object = None  # runs.Prepared, for eval.seen_scope: user
+    _histories: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def history(self, split_dir: str) -> Optional[UserHistory]:
+        if self.eval_cfg.seen_scope != "user" or self.data is None:
+            return None
+        split = PurePosixPath(split_dir).name
+        if split not in self._histories:  # built once: every epoch's call reuses it
+            self._histories[split] = user_history(self.data, split)
+        return self._histories[split]
 
     def __call__(self, model) -> dict:
         choice = None
         if self.choose_seen_on and fixed_seen_bias(self.eval_cfg) is None:
             choice = choose_seen_bias(model, self.choose_seen_on, self.eval_cfg, self.support,
-                                      label=PurePosixPath(self.choose_seen_on).name)
+                                      label=PurePosixPath(self.choose_seen_on).name,
+                                      history=self.history(self.choose_seen_on))
         bias = None if choice is None else float(choice["value"])
         result = evaluate_model(model, self.split_dir, self.eval_cfg, self.support, self.beyond_accuracy, self.label,
-                                seen_bias=bias)
+                                seen_bias=bias, history=self.history(self.split_dir))
         return result if choice is None else {**result, "seen_bias": choice["value"], "seen_bias_choice": choice}

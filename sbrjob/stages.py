@@ -196,13 +196,13 @@ def early_stopping(metric: str, patience: int):
     return hook
 
 
-def _evaluators(run: Run, cfg: JobConfig, manifests: dict, support) -> dict:
+def _evaluators(run: Run, cfg: JobConfig, manifests: dict, support, data: Prepared) -> dict:
     from sbrjob.evaluate import Evaluator
 
     has_valid = manifests["valid"].get("pairs", 0) > 0  # a refit run has none: `best` is then the last epoch
     # eval.seen_bias auto: chosen on valid for the tested (best) weights; epochs are validated at 0
     out = {"test": Evaluator(run.split_dir("test"), cfg.eval, support, label="test",
-                             choose_seen_on=run.split_dir("valid") if has_valid else None)}
+                             choose_seen_on=run.split_dir("valid") if has_valid else None, data=data)}
     if has_valid:
         out["valid"] = Evaluator(run.split_dir("valid"), cfg.eval, support, beyond_accuracy=False, label="validation")
     return out
@@ -349,7 +349,7 @@ def _train_run(cfg: JobConfig, *, reexport: bool = False, fresh: bool = False, o
         hooks = ([early_stopping(cfg.eval.metric, cfg.train.patience)] if cfg.train.patience else [])
         hooks += [on_epoch_end] if callable(on_epoch_end) else list(on_epoch_end or [])
         metrics = fit(cfg, strategy, kind, run.split_dir("train"), n_items, support,
-                      evaluators=_evaluators(run, cfg, manifests, support), on_epoch_end=hooks, init_from=warm)
+                      evaluators=_evaluators(run, cfg, manifests, support, data), on_epoch_end=hooks, init_from=warm)
         return metrics, False
 
 
@@ -408,7 +408,7 @@ def evaluate_stage(run: Run, cfg: JobConfig, checkpoint: str = "best", split: st
     log.info("evaluate: %s on %s", trained.checkpoint, run.split_dir(split))
     t0 = time.perf_counter()
     result = Evaluator(run.split_dir(split), cfg.eval, data.item_support(), label=f"evaluate {split}",
-                       choose_seen_on=run.split_dir("valid") if choose else None)(trained.model)
+                       choose_seen_on=run.split_dir("valid") if choose else None, data=data)(trained.model)
     log.info("evaluate: %s events in %.1f s -> %s", f"{result['events']:,}", time.perf_counter() - t0,
              run.eval_path(split))
     result["checkpoint"] = checkpoint
